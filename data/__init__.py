@@ -1,0 +1,1 @@
+"""Corpus reading, tokenizer, sentence-pair examples, masking and the Ray Data pipelines."""

@@ -1,0 +1,1 @@
+"""The BERT encoder and its pretraining heads, in plain torch (no Ray, no MLflow)."""

@@ -1,0 +1,1 @@
+"""Config, command line, the Ray Train loop, checkpoints, MLflow tracking and job submission."""

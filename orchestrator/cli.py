@@ -1,0 +1,47 @@
+"""The `bert-pretrain` command line: one subcommand per job, each defined in the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+# Each command module exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
+# Imported lazily inside `main` so that `--help` does not pay for torch or Ray.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one clear message, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="bert-pretrain",
+        description="Pretrain BERT encoders (MLM + NSP) on your own corpus with Ray Data, Ray Train and MLflow.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        register: Callable[[argparse._SubParsersAction], None] = module.register
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"bert-pretrain {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
