@@ -8,7 +8,11 @@ from collections.abc import Callable, Sequence
 
 # Each command module exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
 # Imported lazily inside `main` so that `--help` does not pay for torch or Ray.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "orchestrator.data_commands",
+    "orchestrator.train_commands",
+    "orchestrator.tracking_commands",
+)
 
 
 class UserError(Exception):
