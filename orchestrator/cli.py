@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 # Each command module exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
-# Imported lazily inside `main` so that `--help` does not pay for torch or Ray.
+# They import torch and Ray inside their handlers, so that `--help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "orchestrator.data_commands",
     "orchestrator.train_commands",
@@ -19,12 +19,25 @@ class UserError(Exception):
     """A problem with the user's input: printed as one clear message, exit status 2, no traceback."""
 
 
+def _is_user_error(error: BaseException) -> bool:
+    """Errors that describe bad input (ours, the data pipeline's, a bad checkpoint) rather than a bug."""
+    import importlib
+
+    if isinstance(error, UserError):
+        return True
+    for module_name, class_name in (("data", "DataError"), ("model", "CheckpointError")):
+        module = importlib.import_module(module_name)
+        if isinstance(error, getattr(module, class_name)):
+            return True
+    return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(
         prog="bert-pretrain",
-        description="Pretrain BERT encoders (MLM + NSP) on your own corpus with Ray Data, Ray Train and MLflow.",
+        description="Pretrain BERT encoders (MLM + NSP) on your own corpus: Ray Data, Ray Train, MLflow.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -42,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except UserError as error:
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
         print(f"bert-pretrain {args.command}: error: {error}", file=sys.stderr)
         return 2
 
