@@ -1,9 +1,150 @@
-"""`bert-pretrain` subcommands for data."""
+"""`bert-pretrain` subcommands for data: `tokenizer train`, `prepare` and `data inspect`.
+
+Heavy imports (Ray, tokenizers) happen inside the handlers so that `bert-pretrain --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+CORPUS_HELP = (
+    "corpus files, directories, globs or URIs (s3://, gs://); the word `builtin` is the embedded default "
+    "corpus (the Python standard library's docstrings)"
+)
+FORMAT_CHOICES = ("auto", "bert", "text", "jsonl", "parquet", "hf")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
+    _register_tokenizer(subparsers)
+    _register_prepare(subparsers)
+    _register_inspect(subparsers)
+
+
+def _register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
+    tokenizer = subparsers.add_parser(
+        "tokenizer", help="train a WordPiece tokenizer", description="Tokenizers."
+    )
+    actions = tokenizer.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    train = actions.add_parser(
+        "train",
+        help="train a BERT WordPiece tokenizer on a corpus",
+        description="Train a BERT WordPiece tokenizer ([PAD]=0, [UNK], [CLS], [SEP], [MASK]) with HF "
+        "tokenizers; writes tokenizer.json, vocab.txt and tokenizer_config.json, which "
+        "transformers.BertTokenizerFast.from_pretrained(DIR) loads.",
+    )
+    train.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help=CORPUS_HELP)
+    train.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (default 30522)")
+    train.add_argument("--min-frequency", type=int, default=2, help="least count of a learned piece")
+    train.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer to")
+    train.add_argument("--cased", action="store_true", help="keep case and accents (default: uncased)")
+    train.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="corpus format")
+    train.add_argument("--text-field", default="text", help="JSONL field / Parquet or HF column of the text")
+    train.set_defaults(func=run_tokenizer_train)
+
+
+def _register_prepare(subparsers: argparse._SubParsersAction) -> None:
+    prepare = subparsers.add_parser(
+        "prepare",
+        help="tokenize a corpus into sentence-pair examples (Parquet shards) with Ray Data",
+        description="Run the Ray Data pipeline: documents -> sentences -> token ids -> [CLS] A [SEP] B [SEP] "
+        "examples with NSP labels (as the original BERT builder) -> even Parquet shards + manifest.json. "
+        "Joins the Ray cluster in RAY_ADDRESS or starts a local one. The output depends only on the inputs "
+        "and --seed.",
+    )
+    prepare.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help=CORPUS_HELP)
+    prepare.add_argument(
+        "--tokenizer", required=True, metavar="DIR", help="tokenizer dir, tokenizer.json or vocab.txt"
+    )
+    prepare.add_argument("--out", required=True, metavar="DIR", help="prepared directory to write")
+    prepare.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+    prepare.add_argument(
+        "--short-seq-prob", type=float, default=0.1, help="chance of a shorter target length"
+    )
+    prepare.add_argument("--objective", default="mlm+nsp", choices=("mlm+nsp", "mlm"), help="example kind")
+    prepare.add_argument("--eval-fraction", type=float, default=0.0, help="share of documents held out")
+    prepare.add_argument("--seed", type=int, default=12345, help="seed of every random choice")
+    prepare.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="corpus format")
+    prepare.add_argument(
+        "--text-field", default="text", help="JSONL field / Parquet or HF column of the text"
+    )
+    prepare.add_argument("--examples-per-shard", type=int, default=65536, help="examples per Parquet shard")
+    prepare.set_defaults(func=run_prepare)
+
+
+def _register_inspect(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="look at prepared data", description="Prepared data.")
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    inspect = actions.add_parser(
+        "inspect",
+        help="show masked examples and one epoch's masking statistics",
+        description="Print decoded examples as the model sees them ([MASK]->word: masked, word->other: "
+        "random replacement, (word): kept but predicted) and the masking rate, the [MASK]/random/kept "
+        "shares and the NSP share over one epoch.",
+    )
+    inspect.add_argument("directory", metavar="DIR", help="a prepared directory")
+    inspect.add_argument("-n", type=int, default=5, help="examples to show (default 5)")
+    inspect.add_argument("--split", default="train", help="train or eval")
+    inspect.add_argument("--seed", type=int, default=0, help="masking seed")
+    inspect.add_argument("--epoch", type=int, default=0, help="epoch whose masks to show")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(func=run_inspect)
+
+
+def _corpus(paths: list[str]) -> list[str]:
+    from data import builtin_corpus_path
+
+    return [builtin_corpus_path() if path == "builtin" else path for path in paths]
+
+
+def run_tokenizer_train(args: argparse.Namespace) -> int:
+    from data import TokenizerConfig, load_tokenizer, train_tokenizer
+
+    config = TokenizerConfig(
+        vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
+    )
+    train_tokenizer(
+        _corpus(args.corpus), args.out, config, input_format=args.format, text_field=args.text_field
+    )
+    print(f"wrote a tokenizer of {load_tokenizer(args.out).get_vocab_size():,} tokens to {args.out}")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from data import PrepareConfig, prepare
+
+    config = PrepareConfig(
+        max_seq_length=args.max_seq_length,
+        short_seq_prob=args.short_seq_prob,
+        objective=args.objective,
+        eval_fraction=args.eval_fraction,
+        input_format=args.format,
+        text_field=args.text_field,
+        seed=args.seed,
+        examples_per_shard=args.examples_per_shard,
+    )
+    prepare(_corpus(args.corpus), args.tokenizer, args.out, config)
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from data import load_manifest
+    from data.inspect_prepared import decoded_examples, masking_statistics
+
+    manifest = load_manifest(args.directory)
+    examples = decoded_examples(args.directory, args.n, seed=args.seed, epoch=args.epoch, split=args.split)
+    statistics = masking_statistics(args.directory, seed=args.seed, epoch=args.epoch, split=args.split)
+    if args.json:
+        print(json.dumps({"counts": manifest.counts, "masking": statistics, "examples": examples}, indent=2))
+        return 0
+    for example in examples:
+        print(f"example {example['example_id']} (next_sentence_label {example['next_sentence_label']}):")
+        print(f"  {example['tokens']}")
+    print(
+        f"{statistics['examples']:,} examples, masking (epoch {args.epoch}): "
+        f"rate {statistics['mask_rate']:.3f}, "
+        f"[MASK] {statistics['mask_token_share']:.3f}, random {statistics['random_token_share']:.3f}, "
+        f"kept {statistics['kept_share']:.3f}; NSP random share {statistics['nsp_random_share']:.3f}"
+    )
+    return 0

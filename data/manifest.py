@@ -1,0 +1,64 @@
+"""manifest.json of a prepared directory: the settings, tokenizer hash, counts and shards it was made with."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from data.config import PrepareConfig, config_from_dict
+from data.errors import DataError
+
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    vocab_size: int
+    """Size of the tokenizer's vocabulary (the model's vocab_size must be at least this)."""
+    tokenizer_hash: str
+    """`tokenizer_hash` of the tokenizer the examples were made with (a copy lives in tokenizer/)."""
+    settings: PrepareConfig
+    """The settings used."""
+    special_token_ids: dict[str, int]
+    """{"pad", "unk", "cls", "sep", "mask"} -> id."""
+    counts: dict
+    """documents, sentences, tokens, truncated, dropped, replaced, input_bytes, examples {split: n}."""
+    shards: dict[str, list[str]]
+    """{split: [shard paths relative to the prepared directory]}."""
+    corpus: list[str] = field(default_factory=list)
+    """The corpus paths as given."""
+    elapsed_seconds: float = 0.0
+    """Wall time of `prepare`."""
+    format_version: int = FORMAT_VERSION
+    """Layout version of the prepared directory."""
+
+    def matches(self, config: PrepareConfig, tokenizer_hash: str) -> bool:
+        """Whether this directory was prepared with these settings and this tokenizer (so can be reused)."""
+        return (
+            self.format_version == FORMAT_VERSION
+            and self.tokenizer_hash == tokenizer_hash
+            and self.settings.output_settings() == config.output_settings()
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def load_manifest(prepared_dir: str) -> Manifest:
+    """Read `prepared_dir/manifest.json`; a DataError naming the fix when it is missing or unreadable."""
+    path = os.path.join(prepared_dir, MANIFEST_FILE)
+    if not os.path.exists(path):
+        raise DataError(
+            f"{prepared_dir} is not a prepared directory (no {MANIFEST_FILE}); "
+            "make one with `bert-pretrain prepare --out DIR`"
+        )
+    try:
+        with open(path, encoding="utf-8") as file:
+            values = json.load(file)
+        values["settings"] = config_from_dict(PrepareConfig, values["settings"])
+        return Manifest(**values)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"{path} is unreadable ({error}); run `bert-pretrain prepare` again") from error

@@ -1,0 +1,107 @@
+"""Unicode normalisation and a rule-based sentence splitter (no model, no download)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Words that end with a full stop without ending a sentence (compared lower-cased, without the stop).
+ABBREVIATIONS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "cf",
+        "al",
+        "fig",
+        "figs",
+        "no",
+        "nos",
+        "vol",
+        "eq",
+        "approx",
+        "dept",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "u.s",
+        "u.k",
+        "p",
+        "pp",
+        "ch",
+        "sec",
+        "ed",
+        "eds",
+    ]
+)
+# A candidate boundary: terminal punctuation, optional closing quotes/brackets, whitespace, then what may
+# start a sentence (a capital, a digit, an opening quote or bracket).
+_BOUNDARY = re.compile(r"""([.!?…]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9À-ÖØ-Þ])""")
+_WORD_BEFORE_STOP = re.compile(r"(\S+)\.$")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFC-normalise and drop control characters other than newlines and tabs."""
+    text = unicodedata.normalize("NFC", text)
+    if text.isprintable():
+        return text
+    return "".join(ch for ch in text if ch in "\n\t" or ch.isprintable() or ch == " ")
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Split one paragraph of running text into sentences."""
+    paragraph = _SPACES.sub(" ", paragraph).strip()
+    if not paragraph:
+        return []
+    sentences: list[str] = []
+    start = 0
+    for boundary in _BOUNDARY.finditer(paragraph):
+        end = boundary.end(1)
+        if _is_abbreviation(paragraph[start:end]):
+            continue
+        sentences.append(paragraph[start:end].strip())
+        start = boundary.end()
+    tail = paragraph[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences
+
+
+def _is_abbreviation(candidate: str) -> bool:
+    """True when `candidate` ends in a stop that belongs to an abbreviation or an initial ("J. Smith")."""
+    match = _WORD_BEFORE_STOP.search(candidate)
+    if match is None:
+        return False
+    word = match.group(1).lstrip("\"'“‘([").lower()
+    return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+def document_sentences(text: str, one_sentence_per_line: bool) -> list[str]:
+    """The sentences of a document: its lines (BERT format) or its paragraphs split by rule."""
+    lines = (line.strip() for line in text.splitlines())
+    if one_sentence_per_line:
+        return [_SPACES.sub(" ", line) for line in lines if line]
+    return [sentence for line in lines for sentence in split_sentences(line)]

@@ -1,0 +1,154 @@
+"""The training stream: prepared shards -> Ray Data `map_batches` masking -> padded torch batches.
+
+`build_train_dataset` gives unpadded rows (each example its own length); `make_collate_fn` pads a batch of
+them for `iter_torch_batches` into the batch schema of DESIGN.md, to the longest example of the batch or to
+`max_seq_length`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from data.config import MaskingConfig
+from data.errors import DataError
+from data.manifest import TOKENIZER_DIR, load_manifest
+from data.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
+from data.tokenizer import load_tokenizer, tokenizer_hash
+
+STREAM_COLUMNS = (
+    "example_id",
+    "input_ids",
+    "token_type_ids",
+    "attention_mask",
+    "mlm_labels",
+    "next_sentence_label",
+)
+"""Rows of `build_train_dataset`. next_sentence_label is 0 = B follows A, 1 = random; the "mlm" objective
+writes 0 everywhere (and the model runs with NSP off)."""
+
+
+def check_tokenizer(prepared_dir: str, tokenizer_dir: str) -> None:
+    """Raise a DataError when `tokenizer_dir` is not the tokenizer `prepared_dir` was made with."""
+    manifest = load_manifest(prepared_dir)
+    actual = tokenizer_hash(tokenizer_dir)
+    if actual != manifest.tokenizer_hash:
+        raise DataError(
+            f"the tokenizer at {tokenizer_dir} (hash {actual}) is not the one {prepared_dir} was prepared "
+            f"with (hash {manifest.tokenizer_hash}); use {os.path.join(prepared_dir, TOKENIZER_DIR)} or "
+            f"prepare again with `bert-pretrain prepare --tokenizer {tokenizer_dir}`"
+        )
+
+
+def build_train_dataset(
+    prepared_dir: str,
+    masking: MaskingConfig | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    split: str = "train",
+):
+    """The masked examples of one epoch as a Ray Dataset (rows: STREAM_COLUMNS, unpadded)."""
+    import ray.data
+
+    masking = masking or MaskingConfig()
+    masking.validate()
+    manifest = load_manifest(prepared_dir)
+    if split not in manifest.shards:
+        raise DataError(
+            f"{prepared_dir} has no {split!r} split (it has {', '.join(manifest.shards)}); "
+            "prepare with --eval-fraction F > 0 for an eval split"
+        )
+    check_tokenizer(prepared_dir, os.path.join(prepared_dir, TOKENIZER_DIR))
+    vocab = MaskingVocab.from_tokenizer(load_tokenizer(os.path.join(prepared_dir, TOKENIZER_DIR)))
+    if len(vocab.is_special) < manifest.vocab_size:
+        raise DataError(f"the tokenizer copy in {prepared_dir} is damaged; run `bert-pretrain prepare` again")
+    shards = [os.path.join(prepared_dir, path) for path in manifest.shards[split]]
+    return ray.data.read_parquet(shards).map_batches(
+        mask_batch,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={"seed": seed, "epoch": epoch, "config": masking, "vocab": vocab},
+    )
+
+
+def mask_batch(
+    batch: pa.Table, seed: int, epoch: int, config: MaskingConfig, vocab: MaskingVocab
+) -> pa.Table:
+    """Ray Data UDF: prepared rows -> masked rows (still unpadded)."""
+    input_ids = batch.column("input_ids").combine_chunks()
+    offsets = input_ids.offsets.to_numpy().astype(np.int64)
+    flat_ids = input_ids.values.to_numpy()
+    if offsets[0] != 0:  # a sliced list array: rebase onto its own values
+        flat_ids = flat_ids[offsets[0] : offsets[-1]]
+        offsets = offsets - offsets[0]
+    example_ids = batch.column("example_id").to_numpy()
+    masked, labels = mask_tokens(flat_ids, offsets, example_ids, seed, epoch, config, vocab)
+    pa_offsets = pa.array(offsets.astype(np.int32))
+    token_type_ids = batch.column("token_type_ids").combine_chunks()
+    return pa.table(
+        {
+            "example_id": batch.column("example_id"),
+            "input_ids": pa.ListArray.from_arrays(pa_offsets, pa.array(masked)),
+            "token_type_ids": pa.ListArray.from_arrays(pa_offsets, token_type_ids.flatten()),
+            "attention_mask": pa.ListArray.from_arrays(pa_offsets, pa.array(np.ones(len(masked), np.int8))),
+            "mlm_labels": pa.ListArray.from_arrays(pa_offsets, pa.array(labels)),
+            "next_sentence_label": batch.column("next_sentence_label"),
+        }
+    )
+
+
+class PadAndCollate(NumpyBatchCollateFn):
+    """Unpadded masked rows (numpy) -> the padded torch batch of DESIGN.md."""
+
+    def __init__(self, masking: MaskingConfig, max_seq_length: int, pad_token_id: int) -> None:
+        super().__init__()
+        self.masking = masking
+        self.max_seq_length = max_seq_length
+        self.pad_token_id = pad_token_id
+
+    def padded_length(self, longest: int) -> int:
+        if self.masking.pad_to == "max_length":
+            return self.max_seq_length
+        multiple = self.masking.pad_to_multiple_of
+        return min(self.max_seq_length, -(-longest // multiple) * multiple) if longest else multiple
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+
+        rows = _rows(batch["input_ids"])
+        lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+        width = max(self.padded_length(int(lengths.max(initial=0))), int(lengths.max(initial=0)))
+        inside = np.arange(width)[None, :] < lengths[:, None]  # (B, S)
+
+        def pad(column: str, fill: int) -> torch.Tensor:
+            padded = np.full((len(rows), width), fill, dtype=np.int64)
+            values = _rows(batch[column])
+            padded[inside] = np.concatenate(values) if len(values) else []
+            return torch.from_numpy(padded)
+
+        return {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "token_type_ids": pad("token_type_ids", 0),
+            "attention_mask": torch.from_numpy(inside.astype(np.int64)),
+            "mlm_labels": pad("mlm_labels", IGNORE_INDEX),
+            "next_sentence_label": torch.from_numpy(np.asarray(batch["next_sentence_label"], dtype=np.int64)),
+        }
+
+
+def _rows(column: np.ndarray) -> list[np.ndarray] | np.ndarray:
+    """List column as Ray hands it over: an object array of arrays (ragged) or a 2-D array (same lengths)."""
+    return list(column) if column.dtype == object else column
+
+
+def make_collate_fn(
+    masking: MaskingConfig | None, max_seq_length: int, pad_token_id: int = 0
+) -> Callable[[dict[str, np.ndarray]], dict]:
+    """collate_fn for `iter_torch_batches`: int64 input_ids, token_type_ids, attention_mask, mlm_labels [B, S]
+    and next_sentence_label [B], padded per `masking.pad_to` (labels -100 and attention 0 on padding)."""
+    masking = masking or MaskingConfig()
+    masking.validate()
+    return PadAndCollate(masking, max_seq_length, pad_token_id)
