@@ -1,0 +1,268 @@
+"""Tracking against real MLflow: a SQLite store in a temporary folder and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from ray.train import Checkpoint, UserCallback
+from ray.train.v2._internal.execution.training_report import _TrainingReport
+
+from model import BertConfig, BertForPreTraining
+from orchestrator.run_dir import read_run_json, update_run_json
+from orchestrator.tracking import MlflowConfig, RunTracker
+from orchestrator.tracking_metrics import MetricsCallback
+from orchestrator.tracking_params import is_secret_key
+from tests.orchestrator.tracking_helpers import MlflowServer
+
+DOES_NOT_HANG_S = 5.0  # a generous bound for calls that must not wait on the tracking server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory) -> str:
+    """One SQLite store per module (creating one costs seconds); each test records in its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def sqlite_config(sqlite_uri, request) -> MlflowConfig:
+    return MlflowConfig(tracking_uri=sqlite_uri, experiment_name=request.node.name)
+
+
+def report(callback: MetricsCallback, step: int, checkpoint: Checkpoint | None = None, **values: float):
+    """What the Ray Train controller does after two workers report: rank 0 carries the global numbers."""
+    rank0 = {"step": step, **values}
+    rank1 = {"step": step, **{key: -1.0 for key in values}}
+    callback.after_report(_TrainingReport(checkpoint, rank0, validation=False), [rank0, rank1])
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((metric.step, metric.value) for metric in client.get_metric_history(run_id, key))
+
+
+def test_run_dir_json_merges_keys(tmp_path):
+    assert read_run_json(tmp_path / "run") == {}
+    update_run_json(tmp_path / "run", mlflow_run_id="abc")
+    update_run_json(tmp_path / "run", resolved_config={"optim": {"lr": 0.1}})
+    expected = {"mlflow_run_id": "abc", "resolved_config": {"optim": {"lr": 0.1}}}
+    assert read_run_json(tmp_path / "run") == expected
+    assert [path.name for path in (tmp_path / "run").iterdir()] == ["run.json"]
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("hf_token", True),
+        ("api_key", True),
+        ("aws_secret_access_key", True),
+        ("password", True),
+        ("gcpCredentials", True),
+        ("tokenizer_path", False),
+        ("max_tokens", False),
+        ("vocab_size", False),
+    ],
+)
+def test_secret_keys(key, secret):
+    assert is_secret_key(key) is secret
+
+
+def test_config_logged_as_flat_redacted_params(tmp_path, sqlite_config):
+    resolved = {
+        "model": {"preset": "tiny", "hidden_size": 64},
+        "optim": {"lr": 1e-4, "betas": [0.9, 0.999]},
+        "data": {"hf_token": "hf_abc123", "corpus": "https://user:pw123@example.com/c", "notes": "x" * 7000},
+        "mlflow": {"enabled": True},
+    }
+    tracker = RunTracker.open(sqlite_config, tmp_path / "run", "params")
+    tracker.log_config(resolved)
+    tracker.end("FINISHED")
+
+    client = MlflowClient(tracker.tracking_uri)
+    params = client.get_run(tracker.run_id).data.params
+    assert params["model.preset"] == "tiny"
+    assert params["model.hidden_size"] == "64"
+    assert params["optim.lr"] == "0.0001"
+    assert params["optim.betas"] == "[0.9, 0.999]"
+    assert params["mlflow.enabled"] == "true"
+    assert params["data.hf_token"] == "***"
+    assert params["data.corpus"] == "https://user:***@example.com/c"
+    assert len(params["data.notes"]) == 6000
+    logged_config = Path(
+        download_artifacts(
+            run_id=tracker.run_id,
+            artifact_path="resolved_config.json",
+            tracking_uri=tracker.tracking_uri,
+            dst_path=str(tmp_path / "dl"),
+        )
+    )
+    assert json.loads(logged_config.read_text())["data"]["hf_token"] == "***"
+    assert "hf_abc123" not in logged_config.read_text() and "pw123" not in logged_config.read_text()
+
+
+def test_metric_history_at_reported_steps_and_checkpoint_tag(tmp_path, server):
+    tracker = RunTracker.open(MlflowConfig(tracking_uri=server.url), tmp_path / "run", "metrics")
+    callback = tracker.callback()
+    checkpoint = Checkpoint(str(tmp_path / "checkpoint_000003"))
+    for step in (10, 20, 30):
+        report(callback, step, checkpoint if step == 30 else None, loss=1.0 / step, learning_rate=step * 1e-5)
+    assert callback.close() == 0
+    tracker.end("FINISHED")
+
+    client = MlflowClient(server.url)
+    assert history(client, tracker.run_id, "loss") == [(10, 0.1), (20, 0.05), (30, 1.0 / 30)]
+    assert [step for step, _ in history(client, tracker.run_id, "learning_rate")] == [10, 20, 30]
+    run = client.get_run(tracker.run_id)
+    assert "step" not in run.data.metrics
+    assert run.data.tags["checkpoint_uri"] == str(tmp_path / "checkpoint_000003")
+    assert run.data.tags["mlflow.runName"] == "metrics"
+    assert run.info.status == "FINISHED"
+
+
+def test_resume_continues_one_run_without_duplicate_steps(tmp_path, sqlite_config):
+    run_dir = tmp_path / "run"
+    first = RunTracker.open(sqlite_config, run_dir, "resumed")
+    first.log_config({"scaling": {"num_workers": 2}, "optim": {"lr": 0.1}})
+    callback = first.callback()
+    for step in (1, 2, 3, 4):
+        report(callback, step, loss=float(step))
+    # A worker dies; the restarted group resumes from the checkpoint at step 2 and reports 3 and 4 again.
+    for step in (3, 4, 5):
+        report(callback, step, loss=float(step) + 100)
+    callback.close()
+    first.end("FAILED", error="RuntimeError: worker died")
+
+    second = RunTracker.open(sqlite_config, run_dir, "resumed")
+    assert second.run_id == first.run_id == read_run_json(run_dir)["mlflow_run_id"]
+    second.log_config({"scaling": {"num_workers": 1}, "optim": {"lr": 0.1}})
+    callback = second.callback()
+    for step in (4, 5, 6, 7):  # resumed from the checkpoint at step 3
+        report(callback, step, loss=float(step) + 200, eval_loss=0.5)
+    callback.close()
+    second.end("FINISHED")
+
+    client = MlflowClient(second.tracking_uri)
+    expected_loss = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 105), (6, 206), (7, 207)]
+    assert history(client, first.run_id, "loss") == expected_loss
+    assert history(client, first.run_id, "eval_loss") == [(4, 0.5), (5, 0.5), (6, 0.5), (7, 0.5)]
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["scaling.num_workers"] == "2"
+    assert run.data.tags["resumed.scaling.num_workers"] == "1"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_server_outage_neither_blocks_nor_loses_metrics(tmp_path, server):
+    tracker = RunTracker.open(MlflowConfig(tracking_uri=server.url), tmp_path / "run", "outage")
+    callback = tracker.callback()
+    client = MlflowClient(server.url)
+    report(callback, 1, loss=1.0)
+    deadline = time.monotonic() + 60
+    while not client.get_metric_history(tracker.run_id, "loss") and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    server.stop()
+    for step in (2, 3, 4):
+        started = time.monotonic()
+        report(callback, step, loss=float(step))
+        assert time.monotonic() - started < DOES_NOT_HANG_S
+    time.sleep(2)  # the sender meets the stopped server
+    server.start()
+    assert callback.close() == 0
+    tracker.end("FINISHED")
+
+    assert history(client, tracker.run_id, "loss") == [(1, 1), (2, 2), (3, 3), (4, 4)]
+
+
+def test_metrics_buffer_is_bounded_and_close_is_bounded(tmp_path):
+    dead_server = "http://127.0.0.1:9"  # the discard port: nothing answers there
+    callback = MetricsCallback(dead_server, "0" * 32, {}, max_buffered_metrics=3, flush_timeout_s=1.0)
+    started = time.monotonic()
+    for step in range(1, 11):
+        report(callback, step, loss=float(step))
+    unsent = callback.close()
+    assert time.monotonic() - started < 1.0 + DOES_NOT_HANG_S
+    assert 3 <= unsent <= 6  # the bounded buffer, plus the batch being attempted (at most 3)
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "FAILED", "KILLED"])
+def test_end_status_is_recorded_once(tmp_path, sqlite_config, status):
+    tracker = RunTracker.open(sqlite_config, tmp_path / "run", "ending")
+    tracker.end(status, error="ValueError: bad batch" if status == "FAILED" else None)
+    tracker.end("FINISHED")  # a later end, e.g. from a `finally`, changes nothing
+
+    run = MlflowClient(tracker.tracking_uri).get_run(tracker.run_id)
+    assert run.info.status == status
+    assert run.data.tags.get("error") == ("ValueError: bad batch" if status == "FAILED" else None)
+
+
+def test_callback_pickles_and_logs_after_unpickling(tmp_path, sqlite_config):
+    tracker = RunTracker.open(sqlite_config, tmp_path / "run", "pickled")
+    callback = tracker.callback()
+    report(callback, 1, loss=1.0)  # its sender thread is running now
+
+    shipped = pickle.loads(pickle.dumps(callback))
+    callback.close()
+    report(shipped, 1, loss=9.0)  # already logged before it was shipped
+    report(shipped, 2, loss=2.0)
+    shipped.close()
+    tracker.end("FINISHED")
+
+    assert history(MlflowClient(tracker.tracking_uri), tracker.run_id, "loss") == [(1, 1.0), (2, 2.0)]
+
+
+def test_disabled_tracking_does_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracker = RunTracker.open(MlflowConfig(enabled=False), tmp_path / "run", "off")
+    tracker.log_config({"optim": {"lr": 0.1}})
+    tracker.set_tags({"model_preset": "tiny"})
+    callback = tracker.callback()
+    tracker.log_final(tmp_path, {})
+    tracker.end("FINISHED")
+
+    assert tracker.run_id == ""
+    assert isinstance(callback, UserCallback) and not isinstance(callback, MetricsCallback)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_final_model_logged_loads_and_is_registered(tmp_path, server):
+    model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=64)).eval()
+    final_dir = tmp_path / "run" / "final"
+    model.save_hf(final_dir)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"examples": 10}))
+    config = MlflowConfig(tracking_uri=server.url, registered_model_name="bert-tiny-test")
+
+    tracker = RunTracker.open(config, tmp_path / "run", "final")
+    tracker.log_final(final_dir, {"data_manifest": manifest})
+    tracker.end("FINISHED")
+
+    client = MlflowClient(server.url)
+    downloaded = Path(
+        download_artifacts(
+            run_id=tracker.run_id,
+            artifact_path="",
+            tracking_uri=server.url,
+            dst_path=str(tmp_path / "downloaded"),
+        )
+    )
+    assert json.loads((downloaded / "data_manifest" / "manifest.json").read_text()) == {"examples": 10}
+    loaded = BertForPreTraining.from_hf(downloaded / "model").eval()
+    input_ids = torch.randint(0, 64, (2, 8))
+    torch.testing.assert_close(loaded.bert(input_ids)[0], model.bert(input_ids)[0])
+    (version,) = client.search_model_versions("name='bert-tiny-test'")
+    assert version.run_id == tracker.run_id
+    assert client.get_run(tracker.run_id).data.tags["registered_model"] == f"bert-tiny-test/{version.version}"
