@@ -1,1 +1,20 @@
-"""The BERT encoder and its pretraining heads, in plain torch (no Ray, no MLflow)."""
+"""The BERT encoder and its pretraining heads, in plain torch (no Ray, no MLflow).
+
+`BertConfig` and its `PRESETS`; `BertForPreTraining` (`.bert` is the encoder) with HF import/export
+(`from_hf`, `save_hf`); `compile_model` to apply torch.compile from outside.
+"""
+
+from model.bert import IGNORE_INDEX, BertForPreTraining, BertModel, PretrainingOutput, compile_model
+from model.config import PRESETS, BertConfig
+from model.hf import CheckpointError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "PRESETS",
+    "BertConfig",
+    "BertForPreTraining",
+    "BertModel",
+    "CheckpointError",
+    "PretrainingOutput",
+    "compile_model",
+]

@@ -1,0 +1,98 @@
+"""BERT model configuration: the sizes, the named presets, and the mapping to and from HF `config.json`.
+
+Field names are those of `transformers.BertConfig`, so an HF `config.json` maps onto this class one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# Named sizes (layers, hidden, heads) of the BERT family; intermediate size is 4 x hidden throughout.
+PRESETS: dict[str, dict[str, int]] = {
+    name: {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * hidden,
+    }
+    for name, (layers, hidden, heads) in {
+        "tiny": (2, 128, 2),
+        "mini": (4, 256, 4),
+        "small": (4, 512, 8),
+        "medium": (8, 512, 8),
+        "base": (12, 768, 12),
+        "large": (24, 1024, 16),
+    }.items()
+}
+
+# HF config fields that this implementation does not have a switch for: other values would silently change
+# the architecture, so they must hold these values.
+_FIXED_HF_FIELDS = {"hidden_act": "gelu", "position_embedding_type": "absolute", "is_decoder": False}
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    """The tokenizer's true vocabulary size; exports always carry this one."""
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    use_nsp: bool = True
+    """False: MLM only (the NSP head and the pooler get no training signal and are frozen)."""
+    pad_vocab_multiple: int = 64
+    """Embedding rows are padded up to a multiple of this inside the model, for faster matmuls; 1 = off."""
+    activation_checkpointing: bool = False
+    """Recompute each encoder layer in the backward pass instead of keeping its activations."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}: choose a head count that divides the hidden size"
+            )
+        if self.pad_vocab_multiple < 1:
+            raise ValueError(f"pad_vocab_multiple must be >= 1 (1 = off), got {self.pad_vocab_multiple}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> BertConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The `config.json` of an HF `BertForPreTraining` with these sizes (true vocabulary size)."""
+        ours_only = {"use_nsp", "pad_vocab_multiple", "activation_checkpointing"}
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ours_only}
+        return {
+            "model_type": "bert",
+            "architectures": ["BertForPreTraining"],
+            **fields,
+            **_FIXED_HF_FIELDS,
+            "tie_word_embeddings": True,
+        }
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], **overrides: Any) -> BertConfig:
+        """The sizes from an HF BERT `config.json` dict; `overrides` set our own fields (e.g. use_nsp)."""
+        if hf.get("model_type") != "bert":
+            raise ValueError(f"model_type is {hf.get('model_type')!r}, expected 'bert'")
+        for key, expected in _FIXED_HF_FIELDS.items():
+            if key in hf and hf[key] != expected:
+                raise ValueError(f"{key} is {hf[key]!r}; only {expected!r} is supported")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in hf.items() if k in names}, **overrides})

@@ -1,0 +1,208 @@
+"""Hugging Face BERT checkpoints: the weight-name mapping, `load_hf` and `save_hf`.
+
+Reads a checkpoint directory that transformers saved for `BertModel`, `BertForMaskedLM` or
+`BertForPreTraining` (config.json + model.safetensors, or pytorch_model.bin read with weights_only=True),
+keys with or without the `bert.` prefix. Heads the checkpoint lacks keep their fresh initialisation and are
+listed in a warning. Writes config.json + model.safetensors that
+`transformers.BertForPreTraining.from_pretrained` loads with no missing or unexpected keys, always with the
+tokenizer's true vocabulary size.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model.config import BertConfig
+
+if TYPE_CHECKING:
+    from model.bert import BertForPreTraining
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+PYTORCH_FILE = "pytorch_model.bin"
+
+# Non-parameter buffers, and the decoder weight that HF ties to the word embeddings.
+_IGNORED_HF_KEYS = {"embeddings.position_ids", "embeddings.token_type_ids", "cls.predictions.decoder.weight"}
+# Our parameters that belong to a head: a checkpoint without them still loads.
+_HEAD_PREFIXES = ("bert.pooler.", "mlm_", "nsp_head.")
+
+
+class CheckpointError(Exception):
+    """A checkpoint directory or file that cannot be read as a BERT checkpoint."""
+
+
+def hf_key_map(config: BertConfig) -> dict[str, str]:
+    """Our parameter name -> HF key (without the `bert.` prefix on encoder keys), except the fused QKV."""
+    names = {
+        "bert.embeddings.word.weight": "embeddings.word_embeddings.weight",
+        "bert.embeddings.position.weight": "embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type.weight": "embeddings.token_type_embeddings.weight",
+        "bert.embeddings.norm.weight": "embeddings.LayerNorm.weight",
+        "bert.embeddings.norm.bias": "embeddings.LayerNorm.bias",
+        "bert.pooler.weight": "pooler.dense.weight",
+        "bert.pooler.bias": "pooler.dense.bias",
+        "mlm_transform.weight": "cls.predictions.transform.dense.weight",
+        "mlm_transform.bias": "cls.predictions.transform.dense.bias",
+        "mlm_norm.weight": "cls.predictions.transform.LayerNorm.weight",
+        "mlm_norm.bias": "cls.predictions.transform.LayerNorm.bias",
+        "mlm_bias": "cls.predictions.bias",
+        "nsp_head.weight": "cls.seq_relationship.weight",
+        "nsp_head.bias": "cls.seq_relationship.bias",
+    }
+    for i in range(config.num_hidden_layers):
+        ours, theirs = f"bert.layers.{i}.", f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            names[f"{ours}attention_out.{kind}"] = f"{theirs}attention.output.dense.{kind}"
+            names[f"{ours}attention_norm.{kind}"] = f"{theirs}attention.output.LayerNorm.{kind}"
+            names[f"{ours}mlp_in.{kind}"] = f"{theirs}intermediate.dense.{kind}"
+            names[f"{ours}mlp_out.{kind}"] = f"{theirs}output.dense.{kind}"
+            names[f"{ours}mlp_norm.{kind}"] = f"{theirs}output.LayerNorm.{kind}"
+    return names
+
+
+def _qkv_keys(layer: int, kind: str) -> tuple[str, str, str]:
+    return tuple(f"encoder.layer.{layer}.attention.self.{part}.{kind}" for part in ("query", "key", "value"))
+
+
+def _hf_name(key: str) -> str:
+    """The full HF name as transformers' BertForPreTraining spells it."""
+    return key if key.startswith("cls.") else f"bert.{key}"
+
+
+def to_hf_state_dict(model: BertForPreTraining) -> dict[str, torch.Tensor]:
+    """HF BertForPreTraining tensors for this model: QKV split, vocabulary padding cut off."""
+    config = model.config
+    ours = model.state_dict()
+    out = {}
+    for name, key in hf_key_map(config).items():
+        tensor = ours[name]
+        if name in ("bert.embeddings.word.weight", "mlm_bias"):
+            tensor = tensor[: config.vocab_size]
+        out[_hf_name(key)] = tensor
+    for i in range(config.num_hidden_layers):
+        for kind in ("weight", "bias"):
+            parts = ours[f"bert.layers.{i}.qkv.{kind}"].chunk(3, dim=0)
+            for key, part in zip(_qkv_keys(i, kind), parts, strict=True):
+                out[_hf_name(key)] = part
+    return {key: tensor.detach().contiguous().cpu() for key, tensor in out.items()}
+
+
+def save_hf(model: BertForPreTraining, path: str | Path) -> None:
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
+    save_file(to_hf_state_dict(model), directory / SAFETENSORS_FILE, metadata={"format": "pt"})
+
+
+def read_hf_config(directory: Path, **overrides) -> BertConfig:
+    config_path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; from_hf expects an HF checkpoint directory")
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{directory} is not a BERT checkpoint: {CONFIG_FILE} not found "
+            f"(an HF checkpoint directory holds {CONFIG_FILE} and {SAFETENSORS_FILE} or {PYTORCH_FILE})"
+        )
+    try:
+        hf_config = json.loads(config_path.read_text())
+        return BertConfig.from_hf_dict(hf_config, **overrides)
+    except (json.JSONDecodeError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{config_path}: not a usable BERT config: {error}") from error
+
+
+def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The checkpoint's tensors and the file they came from (safetensors preferred)."""
+    safetensors_path, pytorch_path = directory / SAFETENSORS_FILE, directory / PYTORCH_FILE
+    try:
+        if safetensors_path.is_file():
+            return load_file(safetensors_path), safetensors_path
+        if pytorch_path.is_file():
+            return torch.load(pytorch_path, map_location="cpu", weights_only=True), pytorch_path
+    except (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        path = safetensors_path if safetensors_path.is_file() else pytorch_path
+        raise CheckpointError(f"{path}: cannot read the weights: {error}") from error
+    raise CheckpointError(
+        f"{directory} has no weights: expected {SAFETENSORS_FILE} or {PYTORCH_FILE} "
+        "(a sharded checkpoint must be merged into one file first)"
+    )
+
+
+def _normalise_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the `bert.` prefix and rename TF-era LayerNorm `gamma`/`beta` to `weight`/`bias`."""
+    out = {}
+    for key, tensor in state_dict.items():
+        key = key.removeprefix("bert.")
+        if key.endswith(".gamma") or key.endswith(".beta"):
+            key = key.rsplit(".", 1)[0] + (".weight" if key.endswith(".gamma") else ".bias")
+        out[key] = tensor
+    return out
+
+
+def load_hf(cls: type[BertForPreTraining], path: str | Path, **config_overrides) -> BertForPreTraining:
+    directory = Path(path)
+    config = read_hf_config(directory, **config_overrides)
+    raw_state_dict, weights_path = read_hf_weights(directory)
+    hf = _normalise_keys(raw_state_dict)
+    if "cls.predictions.bias" not in hf and "cls.predictions.decoder.bias" in hf:
+        hf["cls.predictions.bias"] = hf.pop("cls.predictions.decoder.bias")
+    hf.pop("cls.predictions.decoder.bias", None)  # tied to cls.predictions.bias
+
+    model = cls(config)
+    ours = model.state_dict()
+    used, missing_heads, loaded = set(), [], {}
+
+    def take(key: str, expected_shape: tuple[int, ...], required: bool) -> torch.Tensor | None:
+        if key not in hf:
+            if required:
+                raise CheckpointError(
+                    f"{weights_path}: missing tensor {_hf_name(key)!r}; not a BERT checkpoint"
+                )
+            missing_heads.append(_hf_name(key))
+            return None
+        tensor = hf[key]
+        if tuple(tensor.shape) != expected_shape:
+            raise CheckpointError(
+                f"{weights_path}: tensor {_hf_name(key)!r} has shape {tuple(tensor.shape)}, expected "
+                f"{expected_shape} from {CONFIG_FILE} (hidden_size {config.hidden_size}, vocab_size "
+                f"{config.vocab_size})"
+            )
+        used.add(key)
+        return tensor
+
+    for name, key in hf_key_map(config).items():
+        expected = tuple(ours[name].shape)
+        if name in ("bert.embeddings.word.weight", "mlm_bias"):
+            expected = (config.vocab_size, *expected[1:])
+        tensor = take(key, expected, required=not name.startswith(_HEAD_PREFIXES))
+        if tensor is not None:
+            loaded[name] = tensor
+    hidden = config.hidden_size
+    for i in range(config.num_hidden_layers):
+        for kind, shape in (("weight", (hidden, hidden)), ("bias", (hidden,))):
+            parts = [take(key, shape, required=True) for key in _qkv_keys(i, kind)]
+            loaded[f"bert.layers.{i}.qkv.{kind}"] = torch.cat(parts, dim=0)
+
+    with torch.no_grad():
+        for name, tensor in loaded.items():
+            ours[name][: tensor.shape[0]].copy_(tensor)  # word embeddings / MLM bias: padding rows stay zero
+
+    unexpected = sorted(set(hf) - used - _IGNORED_HF_KEYS)
+    if missing_heads:
+        warnings.warn(
+            f"{weights_path} has no weights for {', '.join(missing_heads)}; these start freshly initialised",
+            stacklevel=3,
+        )
+    if unexpected:
+        warnings.warn(
+            f"{weights_path}: ignored tensors that BERT pretraining does not use: {', '.join(unexpected)}",
+            stacklevel=3,
+        )
+    return model
