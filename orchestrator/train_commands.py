@@ -1,9 +1,80 @@
-"""`bert-pretrain` subcommands for train."""
+"""`bert-pretrain` subcommands for training: `train` runs a recipe on Ray Train, `config show` prints one."""
 
 from __future__ import annotations
 
 import argparse
 
+CONFIG_HELP = "a YAML recipe, or the name of one in the repository's configs/ (debug, mini, base-phase1, ...)"
+SET_HELP = "override a setting with a dotted key, e.g. --set optim.lr=2e-4 (repeatable; values are YAML)"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
+    train = subparsers.add_parser(
+        "train",
+        help="pretrain a BERT encoder from a recipe on Ray Train",
+        description="Pretrain a BERT encoder (MLM + NSP) with Ray Train DDP workers. Joins the Ray cluster "
+        "in RAY_ADDRESS or starts a local Ray; trains the tokenizer and prepares the data first when "
+        "missing; resumes the run from its latest checkpoint when started again with the same run name; "
+        "writes the final model in HF format to <storage_path>/<run_name>/final/.",
+    )
+    train.add_argument("--config", required=True, help=CONFIG_HELP)
+    train.add_argument(
+        "--num-workers",
+        type=int,
+        help="Ray Train workers; the global batch stays, the per-worker share changes",
+    )
+    device = train.add_mutually_exclusive_group()
+    device.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
+    device.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
+    train.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+    train.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="start a new run from the weights of a training checkpoint or an HF model folder (e.g. phase 2)",
+    )
+    train.set_defaults(func=run_train)
+
+    config = subparsers.add_parser("config", help="inspect recipes", description="Inspect run recipes.")
+    config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    show = config_commands.add_parser(
+        "show",
+        help="print the resolved config of a recipe",
+        description="Load a recipe strictly (unknown keys and wrong types are errors), apply the overrides "
+        "and print the resolved config as YAML.",
+    )
+    show.add_argument("config", help=CONFIG_HELP)
+    show.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+    show.set_defaults(func=run_config_show)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.trainer import resolve_job, train
+
+    job = resolve_job(
+        load_config(args.config, args.overrides),
+        num_workers=args.num_workers,
+        use_gpu=args.use_gpu,
+        init_from=args.init_from,
+    )
+    result = train(job)
+    print(
+        f"\nTrained {result.steps} steps. The model (HF format, with its tokenizer) is in {result.final_dir}"
+    )
+    if job.mlflow.enabled:
+        print("See the run in MLflow: bert-pretrain ui   (then open the address it prints)")
+    return 0
+
+
+def run_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from orchestrator.config import load_config
+
+    print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+    return 0

@@ -1,0 +1,159 @@
+"""Training throughput on CPU: a whole Ray Train run with 1 and 2 workers against the bare model loop.
+
+The bare loop is the model, AdamW and the same masked batches (collated in advance, in memory) in this
+process with one torch thread. The Ray Train runs are `orchestrator.trainer.train` on a local Ray, one
+torch thread per worker, the same global batch, reading the same prepared data through Ray Data.
+
+Tokens are non-padding tokens. For the runs, tokens/s is the steady state the workers report (every logging
+window after the first, which holds the start-up); the whole `fit` wall time, start-up included, is printed
+beside it. Targets: 1 worker >= 0.9x the bare loop; 2 workers >= 1.6x 1 worker (80% scaling efficiency).
+
+    .venv/bin/python benchmarks/train_throughput.py [--preset mini] [--seq 128] [--batch 32] [--steps 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+
+from data import build_train_dataset, make_collate_fn
+from model import BertConfig, BertForPreTraining
+from orchestrator.config import config_from_dict
+from orchestrator.optim import build_optimizer
+from orchestrator.trainer import ensure_prepared_data, resolve_job, train
+
+
+class MetricsFile(ray.train.UserCallback):
+    """Appends rank 0's reported metrics to a file (the callback runs in the Ray Train controller)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "a") as file:
+            file.write(json.dumps(metrics[0]) + "\n")
+
+
+def job_config(root: Path, args: argparse.Namespace, num_workers: int) -> dict:
+    return {
+        "model": {"preset": args.preset},
+        "data": {
+            "corpus": ["builtin"],
+            "tokenizer_dir": str(root / "tokenizer"),
+            "prepared_dir": str(root / "prepared"),
+            "tokenizer": {"vocab_size": 8192},
+            "prepare": {"max_seq_length": args.seq},
+        },
+        "masking": {"pad_to": "max_length"},  # every batch the same shape: a fair, steady comparison
+        "train": {
+            "global_batch_size": args.batch,
+            "micro_batch_size": args.batch,
+            "max_steps": args.steps,
+            "log_every": args.log_every,
+        },
+        "optim": {"lr": 1e-4},
+        "scaling": {
+            "num_workers": num_workers,
+            "cpus_per_worker": 0.5,
+            "threads_per_worker": 1,
+            "data_cpus": 1,
+        },
+        "checkpoint": {
+            "storage_path": str(root / "runs"),
+            "run_name": f"bench-{num_workers}",
+            "every": 10**9,
+        },
+        "mlflow": {"enabled": False},
+    }
+
+
+def bare_loop_tokens_per_s(root: Path, args: argparse.Namespace, manifest) -> float:
+    """The model alone: forward, backward, AdamW on batches collated beforehand, one thread."""
+    job = resolve_job(config_from_dict(job_config(root, args, 1)))
+    dataset = build_train_dataset(job.data.prepared_dir, job.masking, seed=0, epoch=0)
+    collate = make_collate_fn(job.masking, args.seq)
+    batches = []
+    for batch in dataset.iter_torch_batches(batch_size=args.batch, collate_fn=collate, drop_last=True):
+        batches.append(batch)
+        if len(batches) == args.steps:
+            break
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = BertConfig.from_preset(args.preset, vocab_size=manifest.vocab_size)
+    model = BertForPreTraining(config)
+    optimizer = build_optimizer(model, job.optim)
+    inputs = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
+    times, tokens = [], []
+    for batch in batches:
+        started = time.perf_counter()
+        model(**{k: batch[k] for k in inputs}).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+        tokens.append(int(batch["attention_mask"].sum()))
+    skip = args.log_every  # the same warm-up share the runs leave out
+    return sum(tokens[skip:]) / sum(times[skip:])
+
+
+def ray_run_tokens_per_s(
+    root: Path, args: argparse.Namespace, num_workers: int
+) -> tuple[float, float, float]:
+    """(steady tokens/s, whole-run tokens/s, fit wall seconds) of a Ray Train run."""
+    metrics_path = root / f"metrics-{num_workers}.jsonl"
+    job = resolve_job(config_from_dict(job_config(root, args, num_workers)))
+    started = time.perf_counter()
+    train(job, callbacks=[MetricsFile(str(metrics_path))])
+    wall = time.perf_counter() - started
+    windows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    steady = statistics.mean(w["tokens_per_s"] for w in windows[1:])
+    total_tokens = sum(w["tokens_per_s"] * w["step_time_s"] * args.log_every for w in windows)
+    return steady, total_tokens / wall, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="mini")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32, help="global batch (sequences per step)")
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--log-every", type=int, default=4)
+    args = parser.parse_args()
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        manifest = ensure_prepared_data(resolve_job(config_from_dict(job_config(root, args, 1))))
+        bare = bare_loop_tokens_per_s(root, args, manifest)
+        one, one_whole, one_wall = ray_run_tokens_per_s(root, args, 1)
+        two, two_whole, two_wall = ray_run_tokens_per_s(root, args, 2)
+    ray.shutdown()
+
+    print(
+        f"\n{args.preset}, seq {args.seq}, global batch {args.batch}, {args.steps} steps, CPU, "
+        "1 thread per worker"
+    )
+    print(f"bare loop (1 process, 1 thread)   {bare:10.0f} tokens/s")
+    print(
+        f"Ray Train, 1 worker               {one:10.0f} tokens/s steady   ({one_whole:.0f} over the whole "
+        f"{one_wall:.0f} s fit)"
+    )
+    print(
+        f"Ray Train, 2 workers              {two:10.0f} tokens/s steady   ({two_whole:.0f} over the whole "
+        f"{two_wall:.0f} s fit)"
+    )
+    print(f"1 worker / bare loop    {one / bare:5.2f}x   (target >= 0.9)")
+    print(f"2 workers / 1 worker    {two / one:5.2f}x   (target >= 1.6)")
+
+
+if __name__ == "__main__":
+    main()

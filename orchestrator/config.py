@@ -1,0 +1,299 @@
+"""The job config: one dataclass per concern, composed into `JobConfig`, loaded strictly from a YAML recipe.
+
+Each section lives with its owner (masking, tokenizer and prepare settings in `data`, MLflow in
+`orchestrator.tracking`); this module adds the training sections and the generic loader: an unknown key or a
+value of the wrong type is an error naming the key, its section and the valid choices. Overrides use dotted
+keys (`optim.lr=2e-4`), their values parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from data.config import MaskingConfig, PrepareConfig, TokenizerConfig
+from data.errors import DataError
+from model import PRESETS
+from orchestrator.cli import UserError
+from orchestrator.tracking import MlflowConfig
+
+# Recipes shipped in the repository's configs/ folder, selectable by bare name (`--config debug`).
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    """Named size from model.PRESETS: tiny, mini, small, medium, base, large (vocabulary from the data)."""
+    use_nsp: bool = True
+    """Train the next-sentence-prediction head as well as MLM (False: MLM only, as RoBERTa)."""
+    activation_checkpointing: bool = False
+    """Recompute encoder layers in the backward pass to save activation memory."""
+    dropout: float = 0.1
+    """Hidden and attention dropout (BERT's 0.1; 0 makes steps deterministic)."""
+    compile: bool = False
+    """Compile the encoder layers with torch.compile."""
+
+
+@dataclass
+class DataConfig:
+    corpus: list[str] = field(default_factory=lambda: ["builtin"])
+    """Corpus files, directories, globs or URIs; "builtin" is the embedded default (stdlib docstrings)."""
+    tokenizer_dir: str = "tokenizers/default"
+    """Tokenizer folder (relative to the working directory); trained from the corpus when missing."""
+    prepared_dir: str = "prepared/default"
+    """Prepared shards folder; built from the corpus when missing or made with other settings."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """How to train the tokenizer when it is missing."""
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    """How to build the examples (sequence length, objective, eval split)."""
+
+
+@dataclass
+class TrainConfig:
+    global_batch_size: int = 32
+    """Examples per optimizer step over all workers: a property of the run, whatever the worker count."""
+    micro_batch_size: int = 32
+    """Most examples one worker runs in one forward/backward; more per worker means gradient accumulation."""
+    max_steps: int | None = None
+    """Optimizer steps to run (set this or max_tokens)."""
+    max_tokens: int | None = None
+    """Token budget, turned into steps with the prepared data's mean tokens per example."""
+    log_every: int = 10
+    """Report the training metrics every this many steps."""
+    eval_every: int = 0
+    """Evaluate on the held-out split every this many steps and at the end; 0 = never."""
+    seed: int = 0
+    """Seed of the model initialisation and the masking stream."""
+    fail_at_step: int | None = None
+    """Fault injection for tests: rank 1 (rank 0 alone) raises once at this step of a run not yet resumed."""
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "lamb"] = "adamw"
+    """adamw, or lamb for very large batches (You et al. 2019)."""
+    lr: float = 1e-4
+    """Peak learning rate, reached at the end of the warmup."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay; never applied to biases and LayerNorm weights."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam's beta1 and beta2."""
+    eps: float = 1e-6
+    """Adam's epsilon (BERT's 1e-6)."""
+    warmup_steps: int = 0
+    """Steps of linear warmup from 0 to lr."""
+    schedule: Literal["linear", "cosine"] = "linear"
+    """Decay after the warmup, down to 0 at the last step."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 = no clipping."""
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 1
+    """Ray Train workers (DDP ranks); --num-workers overrides it."""
+    use_gpu: bool = False
+    """One GPU per worker, bf16 autocast; --gpu / --cpu override it."""
+    cpus_per_worker: float = 1.0
+    """CPUs Ray reserves for each worker (fractions allowed)."""
+    threads_per_worker: int = 1
+    """torch intra-op threads in each CPU worker."""
+    data_cpus: float = 1.0
+    """CPUs left free for Ray Data (reading and masking); refused if the cluster cannot spare them."""
+
+
+@dataclass
+class CheckpointConfig:
+    storage_path: str = "runs"
+    """Where runs live: a local or shared folder, or a bucket URI. <storage_path>/<run_name>/ is the run."""
+    run_name: str = "debug"
+    """Name of the run; starting a run with the same name resumes it from its latest checkpoint."""
+    every: int = 500
+    """Checkpoint every this many steps (and always at the end)."""
+    keep: int = 3
+    """Keep the latest this many checkpoints."""
+    max_failures: int = 3
+    """Worker failures to recover from (restarting from the latest checkpoint) before the run fails."""
+    init_from: str | None = None
+    """Start a new run from the weights (only) of this checkpoint or HF model folder; --init-from sets it."""
+
+
+@dataclass
+class JobConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The encoder size and heads."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Corpus, tokenizer and prepared data."""
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    """Dynamic masking at train time."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Batch, budget, logging and evaluation."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    """Workers and their resources."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Run storage, checkpoints, fault tolerance."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    """Experiment tracking."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain YAML/JSON-able data (loads back with `config_from_dict`)."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path_or_name: str, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Read a recipe (a YAML path, or the name of one in configs/) and apply `key.sub=value` overrides."""
+    path = resolve_recipe_path(path_or_name)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return config_from_dict(raw)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def resolve_recipe_path(path_or_name: str) -> Path:
+    """An existing file as given, else a recipe of the repository's configs/ by name (.yaml optional)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    name = path_or_name.removesuffix(".yaml")
+    if "/" not in name and (RECIPES_DIR / f"{name}.yaml").is_file():
+        return RECIPES_DIR / f"{name}.yaml"
+    recipes = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise UserError(f"config {path_or_name!r} not found: give a YAML file or one of the recipes {recipes}")
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in the raw recipe mapping; the value is parsed as YAML (1e-4, true, null)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {override!r} must look like section.key=value")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {override!r}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = yaml.safe_load(text) if text.strip() else ""
+
+
+def config_from_dict(raw: dict[str, Any]) -> JobConfig:
+    """Build the typed config from plain data, strictly; then check the settings that depend on each other."""
+    config = _build_dataclass(JobConfig, raw, "")
+    _validate(config)
+    return config
+
+
+def _build_dataclass(cls: type, raw: Any, section: str) -> Any:
+    where = f"section {section!r}" if section else "the top level"
+    if not isinstance(raw, dict):
+        raise UserError(f"{section or 'config'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise UserError(f"unknown key {key!r} in {where}; valid keys: {', '.join(fields)}")
+        values[key] = _convert(hints[key], value, f"{section}.{key}" if section else key)
+    try:
+        built = cls(**values)
+        if hasattr(built, "validate"):  # the data sections check their own ranges
+            built.validate()
+    except (TypeError, ValueError, DataError) as error:
+        raise UserError(f"{section or 'config'}: {error}") from None
+    return built
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    """Check `value` against the type hint, converting where YAML is looser than Python (int for float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build_dataclass(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, key)
+            except UserError as error:
+                errors.append(str(error))
+        raise UserError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {options}")
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        return [_convert(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # PyYAML reads 2e-4 (no dot) as a string
+        with contextlib.suppress(ValueError):
+            return float(value)
+    if hint is Any:
+        return value
+    if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise UserError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _validate(config: JobConfig) -> None:
+    """Settings that are valid alone but not together, or out of range."""
+    train, optim, scaling, checkpoint = config.train, config.optim, config.scaling, config.checkpoint
+    if config.model.preset not in PRESETS:
+        raise UserError(f"model.preset: {config.model.preset!r} is not one of {', '.join(PRESETS)}")
+    if config.data.prepare.objective == "mlm" and config.model.use_nsp:
+        raise UserError("data.prepare.objective is 'mlm' (no sentence pairs): set model.use_nsp: false")
+    if (train.max_steps is None) == (train.max_tokens is None):
+        raise UserError("train: set exactly one of max_steps and max_tokens")
+    positive = {
+        "train.global_batch_size": train.global_batch_size,
+        "train.micro_batch_size": train.micro_batch_size,
+        "train.max_steps": train.max_steps or 1,
+        "train.max_tokens": train.max_tokens or 1,
+        "train.log_every": train.log_every,
+        "scaling.num_workers": scaling.num_workers,
+        "scaling.cpus_per_worker": scaling.cpus_per_worker,
+        "scaling.threads_per_worker": scaling.threads_per_worker,
+        "checkpoint.every": checkpoint.every,
+        "checkpoint.keep": checkpoint.keep,
+        "optim.lr": optim.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{key} must be positive, got {value}")
+    non_negative = {
+        "train.eval_every": train.eval_every,
+        "optim.weight_decay": optim.weight_decay,
+        "optim.warmup_steps": optim.warmup_steps,
+        "optim.max_grad_norm": optim.max_grad_norm,
+        "scaling.data_cpus": scaling.data_cpus,
+        "checkpoint.max_failures": checkpoint.max_failures,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"{key} must be >= 0, got {value}")
+    if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
+        raise UserError(f"optim.betas must be two numbers in [0, 1), got {optim.betas}")
+    if not checkpoint.run_name or "/" in checkpoint.run_name:
+        raise UserError(f"checkpoint.run_name must be a plain folder name, got {checkpoint.run_name!r}")

@@ -1,0 +1,387 @@
+"""The per-worker training function that Ray Train runs on every rank, split into named helpers.
+
+Reads top to bottom: build the model and optimizer, restore a checkpoint (or initial weights), wrap in DDP,
+then for each step: fetch this worker's micro-batches, run the step, and report (metrics, evaluation,
+checkpoint) on the steps where one is due. Every rank calls `ray.train.report` on the same steps; only rank 0
+writes checkpoint files.
+
+Loss accounting: the MLM loss is the summed token cross-entropy divided by the number of labelled tokens in
+the whole global batch (all micro-steps, all ranks), the NSP loss likewise by the global batch size; DDP
+averages gradients over ranks, so each rank backpropagates its loss times the world size. The update is then
+exactly that of one big batch, whatever the worker count and accumulation.
+
+Data position: each epoch of the stream is its own dataset (`train_epoch_<e>`, masked with that epoch's
+seed), split over the workers by Ray Train. An epoch gives `steps_per_epoch` global batches (its tail, fewer
+than one global batch, is skipped), so the position after step s is (s // steps_per_epoch, s %
+steps_per_epoch) for any worker count. What a resume restores exactly: the step, the samples consumed, the
+epoch and its masks, the optimizer, scheduler and RNG. What it approximates: within a partly consumed epoch,
+each rank skips the first batches of its new shard; Ray Data's streaming split hands out blocks dynamically,
+so the skipped examples are that many examples of the epoch, not necessarily the very ones seen before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from data import make_collate_fn
+from model import IGNORE_INDEX, BertConfig, BertForPreTraining, compile_model
+from orchestrator.checkpointing import (
+    TrainState,
+    init_weights_from,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
+from orchestrator.config import JobConfig, config_from_dict
+from orchestrator.optim import build_optimizer, build_scheduler
+from orchestrator.resources import BatchPlan
+
+EVAL_DATASET = "eval"
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
+
+
+def train_dataset_name(epoch: int) -> str:
+    return f"train_epoch_{epoch}"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the driver worked out for the workers (from the config, the prepared data, the worker count)."""
+
+    batch: BatchPlan
+    total_steps: int
+    steps_per_epoch: int
+    vocab_size: int
+    pad_token_id: int
+    max_seq_length: int
+    has_eval: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunPlan:
+        return cls(**{**raw, "batch": BatchPlan(**raw["batch"])})
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: `loop_config` holds the resolved job config and the run plan."""
+    job, plan = config_from_dict(loop_config["job"]), RunPlan.from_dict(loop_config["plan"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(job.scaling.threads_per_worker)
+    torch.manual_seed(job.train.seed)  # the same initial weights on every rank
+
+    model, optimizer, scheduler = build_model_and_optimizer(job, plan, device)
+    torch.manual_seed(job.train.seed * 1000 + rank + 1)  # each rank its own dropout; a checkpoint restores it
+    state = restore_state(job, model, optimizer, scheduler, rank, world_size)
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    if job.model.compile:
+        compile_model(model)
+
+    collate_fn = make_collate_fn(job.masking, plan.max_seq_length, plan.pad_token_id)
+    step_batches = iterate_step_batches(plan, state, collate_fn, device)
+    window = MetricsWindow(device)
+    while state.step < plan.total_steps:
+        micro_batches = next(step_batches)
+        inject_failure_if_due(job, state, rank, world_size)
+        window.add(train_step(ddp_model, model, optimizer, scheduler, micro_batches, job, world_size))
+        state = advance(state, plan, world_size)
+        report_if_due(job, plan, state, window, model, optimizer, scheduler, collate_fn, device, rank)
+
+
+def build_model_and_optimizer(
+    job: JobConfig, plan: RunPlan, device: torch.device
+) -> tuple[BertForPreTraining, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    config = BertConfig.from_preset(
+        job.model.preset,
+        vocab_size=plan.vocab_size,
+        pad_token_id=plan.pad_token_id,
+        use_nsp=job.model.use_nsp,
+        activation_checkpointing=job.model.activation_checkpointing,
+        hidden_dropout_prob=job.model.dropout,
+        attention_probs_dropout_prob=job.model.dropout,
+    )
+    model = BertForPreTraining(config).to(device)
+    optimizer = build_optimizer(model, job.optim)
+    return model, optimizer, build_scheduler(optimizer, job.optim, plan.total_steps)
+
+
+def restore_state(
+    job: JobConfig,
+    model: BertForPreTraining,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rank: int,
+    world_size: int,
+) -> TrainState:
+    """Resume from the run's latest checkpoint (after a failure or a restart of the same run); else start
+    from `checkpoint.init_from`'s weights, or from scratch."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            return load_checkpoint(Path(directory), model, optimizer, scheduler, rank)
+    if job.checkpoint.init_from:
+        init_weights_from(model, job.checkpoint.init_from)
+    return TrainState(world_size=world_size)
+
+
+def iterate_step_batches(
+    plan: RunPlan, state: TrainState, collate_fn, device: torch.device
+) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """This worker's micro-batches, one list per optimizer step, from the saved position onwards."""
+    accumulation, micro_batch_size = plan.batch.accumulation_steps, plan.batch.micro_batch_size
+    epoch, step_in_epoch = state.data_epoch, state.data_step_in_epoch
+    while True:
+        shard = ray.train.get_dataset_shard(train_dataset_name(epoch))  # a barrier: all ranks move together
+        batches = _micro_batches(shard, micro_batch_size, collate_fn)
+        with contextlib.closing(batches):  # stops the epoch's prefetching when its tail is left unread
+            for _ in range(step_in_epoch * accumulation):  # resume inside an epoch: skip what was consumed
+                next(batches)
+            for _ in range(step_in_epoch, plan.steps_per_epoch):
+                yield [_to_device(next(batches), device) for _ in range(accumulation)]
+        epoch, step_in_epoch = epoch + 1, 0
+
+
+def _micro_batches(shard, micro_batch_size: int, collate_fn) -> Iterator[dict[str, torch.Tensor]]:
+    yield from shard.iter_torch_batches(batch_size=micro_batch_size, collate_fn=collate_fn, drop_last=True)
+
+
+def inject_failure_if_due(job: JobConfig, state: TrainState, rank: int, world_size: int) -> None:
+    """Fault injection for tests: one rank raises at `train.fail_at_step`, only in a run not yet resumed
+    (so the run recovers once it has a checkpoint to restart from)."""
+    failing_rank = 1 if world_size > 1 else 0
+    if job.train.fail_at_step == state.step + 1 and rank == failing_rank and not state.resumed:
+        raise RuntimeError(f"injected failure at step {state.step + 1} on rank {rank} (train.fail_at_step)")
+
+
+def train_step(
+    ddp_model: nn.Module,
+    model: BertForPreTraining,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    micro_batches: list[dict[str, torch.Tensor]],
+    job: JobConfig,
+    world_size: int,
+) -> dict[str, torch.Tensor]:
+    """One optimizer step over this worker's micro-batches; returns this rank's sums as tensors (no sync)."""
+    device = micro_batches[0]["input_ids"].device
+    # Normalisers over the whole global batch: labelled tokens and examples of every micro-step on every rank.
+    normalizers = torch.stack(
+        [sum((b["mlm_labels"] != IGNORE_INDEX).sum() for b in micro_batches), _examples(micro_batches)]
+    ).float()
+    _all_reduce_sum(normalizers)
+    mlm_normalizer, nsp_normalizer = normalizers
+
+    sums = torch.zeros(len(STEP_SUMS), device=device)
+    for index, batch in enumerate(micro_batches):
+        is_last = index == len(micro_batches) - 1
+        sync = (
+            contextlib.nullcontext() if is_last or not hasattr(ddp_model, "no_sync") else ddp_model.no_sync()
+        )
+        with sync:
+            with _autocast(device):
+                out = ddp_model(**batch, mlm_normalizer=mlm_normalizer, nsp_normalizer=nsp_normalizer)
+            (out.loss * world_size).backward()  # DDP averages over ranks; x world_size makes it the sum
+        values = (
+            out.loss.detach(),
+            out.mlm_loss.detach(),
+            out.nsp_loss.detach(),
+            out.mlm_correct,
+            out.mlm_count,
+            out.nsp_correct,
+            out.nsp_count,
+            batch["attention_mask"].sum(),
+            torch.tensor(batch["input_ids"].shape[0], device=device),
+        )
+        sums += torch.stack([v.float() for v in values])
+    max_norm = job.optim.max_grad_norm or math.inf  # inf: measure the norm without clipping
+    grad_norm = nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+    learning_rate = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"sums": sums, "grad_norm": grad_norm.detach(), "learning_rate": torch.tensor(learning_rate)}
+
+
+# The per-step sums a MetricsWindow adds up over ranks and steps.
+STEP_SUMS = (
+    "loss",
+    "mlm_loss",
+    "nsp_loss",
+    "mlm_correct",
+    "mlm_count",
+    "nsp_correct",
+    "nsp_count",
+    "tokens",
+    "samples",
+)
+
+
+def advance(state: TrainState, plan: RunPlan, world_size: int) -> TrainState:
+    step = state.step + 1
+    return dataclasses.replace(
+        state,
+        step=step,
+        consumed_samples=step * plan.batch.global_batch_size,
+        data_epoch=step // plan.steps_per_epoch,
+        data_step_in_epoch=step % plan.steps_per_epoch,
+        world_size=world_size,
+    )
+
+
+class MetricsWindow:
+    """Training metrics summed on the device since the last report; synced and read only when reported."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(len(STEP_SUMS), device=self.device)
+        self.steps = 0
+        self.started = time.perf_counter()
+        self.last: dict[str, torch.Tensor] = {}
+
+    def add(self, step: dict[str, torch.Tensor]) -> None:
+        self.sums += step["sums"]
+        self.steps += 1
+        self.last = step
+
+    def read(self) -> dict[str, float]:
+        """Global means over the window's steps (all ranks), then start a new window."""
+        _all_reduce_sum(self.sums)
+        totals = dict(zip(STEP_SUMS, self.sums.tolist(), strict=True))
+        elapsed = time.perf_counter() - self.started
+        metrics = {
+            "loss": totals["loss"] / self.steps,
+            "mlm_loss": totals["mlm_loss"] / self.steps,
+            "nsp_loss": totals["nsp_loss"] / self.steps,
+            "mlm_accuracy": totals["mlm_correct"] / max(totals["mlm_count"], 1),
+            "nsp_accuracy": totals["nsp_correct"] / max(totals["nsp_count"], 1),
+            "learning_rate": self.last["learning_rate"].item(),
+            "grad_norm": self.last["grad_norm"].item(),
+            "tokens_per_s": totals["tokens"] / elapsed,
+            "samples_per_s": totals["samples"] / elapsed,
+            "step_time_s": elapsed / self.steps,
+        }
+        self.reset()
+        return metrics
+
+
+def report_if_due(
+    job: JobConfig,
+    plan: RunPlan,
+    state: TrainState,
+    window: MetricsWindow,
+    model: BertForPreTraining,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    collate_fn,
+    device: torch.device,
+    rank: int,
+) -> None:
+    """On a logging, evaluation or checkpoint step (the same steps on every rank), one `ray.train.report`."""
+    is_last = state.step == plan.total_steps
+    log_due = state.step % job.train.log_every == 0 or is_last
+    eval_due = (
+        plan.has_eval and job.train.eval_every > 0 and (state.step % job.train.eval_every == 0 or is_last)
+    )
+    checkpoint_due = state.step % job.checkpoint.every == 0 or is_last
+    if not (log_due or eval_due or checkpoint_due):
+        return
+    metrics: dict[str, Any] = {
+        "step": state.step,
+        "consumed_samples": state.consumed_samples,
+        "epoch": state.data_epoch,
+    }
+    if log_due:
+        metrics.update(window.read(), param_norm=_param_norm(model))
+    if eval_due:
+        metrics.update(evaluate(model, plan, collate_fn, device))
+    if not checkpoint_due:
+        ray.train.report(metrics)
+        return
+    rng_states = _gather_rng_states()
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(Path(directory), model, optimizer, scheduler, state, rng_states, job.to_dict())
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:09d}")
+
+
+def evaluate(model: BertForPreTraining, plan: RunPlan, collate_fn, device: torch.device) -> dict[str, float]:
+    """MLM loss, perplexity and accuracy, and NSP accuracy over the held-out split (each rank its shard)."""
+    shard = ray.train.get_dataset_shard(EVAL_DATASET)
+    sums = torch.zeros(5, device=device)  # mlm loss sum, mlm correct, mlm count, nsp correct, nsp count
+    model.eval()
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=plan.batch.micro_batch_size, collate_fn=collate_fn):
+            with _autocast(device):
+                out = model(**_to_device(batch, device), mlm_normalizer=1.0, nsp_normalizer=1.0)
+            values = (out.mlm_loss, out.mlm_correct, out.mlm_count, out.nsp_correct, out.nsp_count)
+            sums += torch.stack([v.float() for v in values])
+    model.train()
+    _all_reduce_sum(sums)
+    loss_sum, mlm_correct, mlm_count, nsp_correct, nsp_count = sums.tolist()
+    mlm_loss = loss_sum / max(mlm_count, 1)
+    return {
+        "eval_mlm_loss": mlm_loss,
+        "eval_perplexity": math.exp(min(mlm_loss, 50.0)),
+        "eval_mlm_accuracy": mlm_correct / max(mlm_count, 1),
+        "eval_nsp_accuracy": nsp_correct / max(nsp_count, 1),
+    }
+
+
+def _param_norm(model: nn.Module) -> float:
+    """The L2 norm of all weights: a cheap fingerprint that must be the same on every rank."""
+    return torch.linalg.vector_norm(
+        torch.stack([p.detach().float().norm() for p in model.parameters()])
+    ).item()
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: batch[name].to(device, non_blocking=True) for name in MODEL_INPUTS}
+
+
+def _examples(micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    device = micro_batches[0]["input_ids"].device
+    return torch.tensor(sum(b["input_ids"].shape[0] for b in micro_batches), device=device)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU; full fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+
+
+def _gather_rng_states() -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG states, in rank order (a collective: all ranks call it)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [rng_state()]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    return states

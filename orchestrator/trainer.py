@@ -1,0 +1,241 @@
+"""The training driver: from a job config to a trained model in `<storage_path>/<run_name>/final/`.
+
+Resolves the config (absolute paths, worker flags), builds the tokenizer and prepared data when they are
+missing or stale, works out the batch split and checks the cluster can hold the run, then runs Ray Train's
+`TorchTrainer` with `orchestrator.train_loop.train_worker` on every rank, and exports the last checkpoint in
+HF format with the tokenizer. Starting the same run again (same storage path and run name) resumes it: Ray
+Train reloads the run's checkpoint list from storage and the workers restore the latest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.data
+import ray.train
+from ray.train.torch import TorchTrainer
+
+import data
+from data.manifest import MANIFEST_FILE
+from orchestrator.checkpointing import MODEL_CONFIG_FILE, export_final
+from orchestrator.cli import UserError
+from orchestrator.config import JobConfig, config_from_dict
+from orchestrator.resources import check_resources, plan_batches
+from orchestrator.run_dir import update_run_json
+from orchestrator.tracking import RunTracker, ray_job_tags
+from orchestrator.train_loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
+
+BUILTIN_CORPUS = "builtin"  # the corpus word for the embedded default (data resolves it)
+TOKENIZER_SETTINGS_FILE = "bert_pretrain_tokenizer.json"  # written beside a tokenizer that `train` built
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    run_dir: Path
+    final_dir: Path
+    steps: int
+    metrics: dict
+
+
+def resolve_job(
+    job: JobConfig,
+    num_workers: int | None = None,
+    use_gpu: bool | None = None,
+    init_from: str | None = None,
+) -> JobConfig:
+    """Apply the command-line flags and make local paths absolute (the workers run in other folders)."""
+    scaling = dataclasses.replace(
+        job.scaling,
+        num_workers=job.scaling.num_workers if num_workers is None else num_workers,
+        use_gpu=job.scaling.use_gpu if use_gpu is None else use_gpu,
+    )
+    checkpoint = dataclasses.replace(
+        job.checkpoint,
+        storage_path=_absolute(job.checkpoint.storage_path),
+        init_from=_absolute(init_from or job.checkpoint.init_from),
+    )
+    corpus = [entry if entry == BUILTIN_CORPUS else _absolute(entry) for entry in job.data.corpus]
+    data_paths = dataclasses.replace(
+        job.data,
+        corpus=corpus,
+        tokenizer_dir=_absolute(job.data.tokenizer_dir),
+        prepared_dir=_absolute(job.data.prepared_dir),
+    )
+    resolved = dataclasses.replace(job, scaling=scaling, checkpoint=checkpoint, data=data_paths)
+    return config_from_dict(resolved.to_dict())  # validate again: the flags may be out of range
+
+
+def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainingResult:
+    """Run (or resume) the training run of a resolved job config; return where the final model is."""
+    init_ray()
+    plan_batch = plan_batches(
+        job.train.global_batch_size, job.train.micro_batch_size, job.scaling.num_workers
+    )
+    check_resources(job.scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    _check_init_from(job.checkpoint.init_from)
+    manifest = ensure_prepared_data(job)
+    plan = plan_run(job, manifest, plan_batch)
+    run_dir = Path(job.checkpoint.storage_path) / job.checkpoint.run_name
+    resolved = job.to_dict()
+    update_run_json(run_dir, config=resolved, plan=plan.to_dict())
+
+    tracker = RunTracker.open(job.mlflow, run_dir, job.checkpoint.run_name)
+    try:
+        tracker.log_config(resolved)
+        tracker.set_tags(_run_tags(job, manifest))
+        trainer = build_trainer(job, plan, [tracker.callback(), *callbacks])
+        result = trainer.fit()
+        final_dir = export_final(
+            Path(result.checkpoint.path), Path(job.data.tokenizer_dir), run_dir / "final"
+        )
+        tracker.log_final(final_dir, {"data_manifest": Path(job.data.prepared_dir) / MANIFEST_FILE})
+        tracker.set_tags({"checkpoint_uri": result.checkpoint.path})
+        update_run_json(run_dir, final_dir=str(final_dir))
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException as error:
+        tracker.end("FAILED", error=f"{type(error).__name__}: {error}")
+        raise
+    tracker.end("FINISHED")
+    steps = json.loads((Path(result.checkpoint.path) / "train_state.json").read_text())["step"]
+    return TrainingResult(run_dir, final_dir, steps, dict(result.metrics or {}))
+
+
+def init_ray() -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local Ray (ray.init reads RAY_ADDRESS itself)."""
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+
+
+def ensure_prepared_data(job: JobConfig) -> data.Manifest:
+    """Train the tokenizer and prepare the examples when missing or made with other settings; else reuse."""
+    settings = job.data
+    corpus = settings.corpus
+    tokenizer_dir = Path(settings.tokenizer_dir)
+    wanted = {"corpus": corpus, "tokenizer": dataclasses.asdict(settings.tokenizer)}
+    marker = tokenizer_dir / TOKENIZER_SETTINGS_FILE
+    has_tokenizer = (tokenizer_dir / "tokenizer.json").is_file() or (tokenizer_dir / "vocab.txt").is_file()
+    # A tokenizer the user brought (no marker) is used as it is; one that `train` built is rebuilt on change.
+    try:
+        if not has_tokenizer or (marker.is_file() and json.loads(marker.read_text()) != wanted):
+            print(f"Training the tokenizer into {tokenizer_dir} ...", flush=True)
+            data.train_tokenizer(
+                corpus,
+                str(tokenizer_dir),
+                settings.tokenizer,
+                settings.prepare.input_format,
+                settings.prepare.text_field,
+            )
+            marker.write_text(json.dumps(wanted, indent=2))
+        tokenizer_hash = data.tokenizer_hash(str(tokenizer_dir))
+        with contextlib.suppress(data.DataError):  # missing or unreadable: build it
+            manifest = data.load_manifest(settings.prepared_dir)
+            if manifest.matches(settings.prepare, tokenizer_hash) and manifest.corpus == corpus:
+                return manifest
+        print(f"Preparing the examples into {settings.prepared_dir} ...", flush=True)
+        return data.prepare(corpus, str(tokenizer_dir), settings.prepared_dir, settings.prepare)
+    except data.DataError as error:
+        raise UserError(str(error)) from None
+
+
+def plan_run(job: JobConfig, manifest: data.Manifest, batch) -> RunPlan:
+    """Steps, epochs and sizes from the config and the prepared data."""
+    train_examples = manifest.counts["examples"]["train"]
+    steps_per_epoch = train_examples // job.train.global_batch_size
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"the prepared data has {train_examples} training examples, fewer than one global batch "
+            f"(train.global_batch_size={job.train.global_batch_size}): use a bigger corpus or a smaller batch"
+        )
+    if job.train.max_steps is not None:
+        total_steps = job.train.max_steps
+    else:  # a token budget, in steps of the prepared data's mean example length
+        tokens_per_example = manifest.counts["tokens"] / max(1, sum(manifest.counts["examples"].values()))
+        total_steps = math.ceil(job.train.max_tokens / (tokens_per_example * job.train.global_batch_size))
+    return RunPlan(
+        batch=batch,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        vocab_size=manifest.vocab_size,
+        pad_token_id=manifest.special_token_ids["pad"],
+        max_seq_length=manifest.settings.max_seq_length,
+        has_eval=manifest.counts["examples"].get("eval", 0) > 0,
+    )
+
+
+def build_trainer(job: JobConfig, plan: RunPlan, callbacks: Sequence[ray.train.UserCallback]) -> TorchTrainer:
+    scaling = job.scaling
+    num_epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
+    prepared = job.data.prepared_dir
+    # The workers' metrics show progress; Ray Data's per-epoch progress bars would flood the driver's log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # One dataset per epoch, each masked with its own epoch's seed; Ray Data builds them lazily, so only the
+    # epochs the workers ask for are ever read.
+    datasets = {
+        train_dataset_name(epoch): data.build_train_dataset(
+            prepared, job.masking, job.train.seed, epoch=epoch
+        )
+        for epoch in range(num_epochs)
+    }
+    if plan.has_eval and job.train.eval_every:
+        datasets[EVAL_DATASET] = data.build_train_dataset(prepared, job.masking, job.train.seed, split="eval")
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"job": job.to_dict(), "plan": plan.to_dict()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=job.checkpoint.run_name,
+            storage_path=job.checkpoint.storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
+            failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
+            callbacks=list(callbacks),
+        ),
+        datasets=datasets,
+    )
+
+
+def _check_init_from(init_from: str | None) -> None:
+    if init_from and not any(
+        (Path(init_from) / name).is_file() for name in (MODEL_CONFIG_FILE, "config.json")
+    ):
+        raise UserError(
+            f"--init-from {init_from}: not a training checkpoint ({MODEL_CONFIG_FILE}) nor an HF model "
+            "folder (config.json)"
+        )
+
+
+def _run_tags(job: JobConfig, manifest: data.Manifest) -> dict[str, str]:
+    return {
+        **ray_job_tags(),
+        "model_preset": job.model.preset,
+        "num_workers": str(job.scaling.num_workers),
+        "cluster_resources": json.dumps(ray.cluster_resources()),
+        "tokenizer_hash": manifest.tokenizer_hash,
+        "data_manifest_hash": _manifest_hash(job.data.prepared_dir),
+    }
+
+
+def _manifest_hash(prepared_dir: str) -> str:
+    import hashlib
+
+    return hashlib.sha256((Path(prepared_dir) / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+
+
+def _absolute(path: str | None) -> str | None:
+    """Local paths relative to the working directory become absolute; URIs (s3://, gs://) stay as they are."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))

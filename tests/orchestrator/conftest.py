@@ -1,0 +1,79 @@
+"""Shared fixtures for the training tests: one local Ray for the session and one small prepared corpus."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import ray
+import ray.cloudpickle
+
+from orchestrator.config import JobConfig, config_from_dict
+from orchestrator.trainer import ensure_prepared_data, resolve_job
+from tests.orchestrator import reports
+
+# The Ray Train controller unpickles the test callback: send its code along instead of importing `tests`.
+ray.cloudpickle.register_pickle_by_value(reports)
+
+SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "a bird", "the old man", "our neighbour"]
+VERBS = ["sees", "likes", "finds", "follows", "paints", "helps", "calls"]
+OBJECTS = ["the ball", "a red car", "the river", "a small house", "the garden", "an apple", "the moon"]
+PLACES = ["in the morning", "at night", "near the school", "after dinner", "in the park", "every day"]
+
+
+def write_corpus(path: Path, documents: int, seed: int = 0) -> Path:
+    """Plain text: documents of simple, learnable sentences, a blank line between documents."""
+    rng = random.Random(seed)
+    paragraphs = []
+    for _ in range(documents):
+        sentences = [
+            f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
+            f"{rng.choice(PLACES)}."
+            for _ in range(rng.randint(4, 9))
+        ]
+        paragraphs.append(" ".join(sentences))
+    path.write_text("\n\n".join(paragraphs) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with 2 CPUs (this machine's size) for the whole session."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prepared_corpus(tmp_path_factory, ray_session) -> dict:
+    """A tokenizer and prepared examples (max length 32, an eval split) built the way `train` builds them.
+
+    64 documents give 164 training examples: even, as the exact-batch test needs."""
+    root = tmp_path_factory.mktemp("corpus")
+    data = {
+        "corpus": [str(write_corpus(root / "corpus.txt", documents=64))],
+        "tokenizer_dir": str(root / "tokenizer"),
+        "prepared_dir": str(root / "prepared"),
+        "tokenizer": {"vocab_size": 200, "min_frequency": 1},
+        "prepare": {"max_seq_length": 32, "eval_fraction": 0.1},
+    }
+    manifest = ensure_prepared_data(make_job(root, data))
+    return {"data": data, "train_examples": manifest.counts["examples"]["train"]}
+
+
+def make_job(root: Path, data: dict, num_workers: int | None = None, **sections: dict) -> JobConfig:
+    """A tiny-model job on the prepared corpus, CPU workers of half a CPU each, storage under `root`."""
+    raw = {
+        "model": {"preset": "tiny"},
+        "data": data,
+        "train": {"global_batch_size": 16, "micro_batch_size": 8, "max_steps": 4, "log_every": 1},
+        "optim": {"lr": 2e-3, "warmup_steps": 1},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 1},
+        "checkpoint": {"storage_path": str(root / "runs"), "run_name": "test", "every": 100},
+        "mlflow": {"enabled": False},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return resolve_job(config_from_dict(raw), num_workers=num_workers)

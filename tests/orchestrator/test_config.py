@@ -1,0 +1,86 @@
+"""The job config: every recipe loads strictly; bad keys, types and values are refused, clearly."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from orchestrator.cli import UserError, main
+from orchestrator.config import RECIPES_DIR, JobConfig, config_from_dict, load_config
+
+RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+def test_the_five_recipes_exist():
+    assert {"debug", "mini", "base-phase1", "base-phase2", "large"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_loads_validates_and_round_trips(name):
+    config = load_config(name)
+    assert isinstance(config, JobConfig)
+    assert config.checkpoint.run_name
+    assert config_from_dict(config.to_dict()) == config  # the resolved config loads back as it was
+
+
+def test_recipes_follow_the_published_batch_and_learning_rate():
+    phase1, phase2, large = load_config("base-phase1"), load_config("base-phase2"), load_config("large")
+    assert (phase1.train.global_batch_size, phase1.optim.lr, phase1.optim.warmup_steps) == (256, 1e-4, 10000)
+    assert (phase1.data.prepare.max_seq_length, phase2.data.prepare.max_seq_length) == (128, 512)
+    assert phase1.data.tokenizer_dir == phase2.data.tokenizer_dir  # phase 2 continues phase 1's vocabulary
+    assert (large.optim.name, large.train.global_batch_size, large.optim.lr, large.train.max_steps) == (
+        "lamb",
+        65536,
+        6e-3,
+        7038,
+    )
+
+
+def test_overrides_use_dotted_keys_and_yaml_values():
+    config = load_config("debug", ["optim.lr=2e-4", "scaling.use_gpu=true", "data.prepare.max_seq_length=32"])
+    assert config.optim.lr == 2e-4
+    assert config.scaling.use_gpu is True
+    assert config.data.prepare.max_seq_length == 32
+
+
+def test_a_recipe_path_works_as_well_as_a_name(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"train": {"max_steps": 3}}))
+    assert load_config(str(path)).train.max_steps == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.lrr=1", "unknown key 'lrr' in section 'optim'; valid keys: name, lr,"),
+        ("optimizer.lr=1", "unknown key 'optimizer' in the top level; valid keys: model, data, masking,"),
+        ("optim.lr=fast", "optim.lr: expected float, got str 'fast'"),
+        ("train.max_steps=1.5", "train.max_steps: expected int, got float 1.5"),
+        ("optim.name=sgd", "optim.name: 'sgd' is not one of 'adamw', 'lamb'"),
+        ("model.preset=huge", "model.preset: 'huge' is not one of tiny, mini, small, medium, base, large"),
+        ("train.max_tokens=1000", "set exactly one of max_steps and max_tokens"),
+        ("scaling.num_workers=0", "scaling.num_workers must be positive"),
+        ("masking.mlm_probability=1.5", "mlm_probability is 1.5"),
+        ("data.prepare.objective=mlm", "set model.use_nsp: false"),
+        ("data.tokenizer.vocab_size=big", "data.tokenizer.vocab_size: expected int"),
+        ("lr", "must look like section.key=value"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_key_and_choices(override, expected):
+    with pytest.raises(UserError) as error:
+        load_config("debug", [override])
+    assert expected in str(error.value)
+
+
+def test_unknown_recipe_lists_the_recipes():
+    with pytest.raises(UserError, match="not found") as error:
+        load_config("nope")
+    assert "debug" in str(error.value)
+
+
+def test_config_show_prints_the_resolved_config_and_the_cli_reports_errors(capsys):
+    assert main(["config", "show", "debug", "--set", "optim.lr=3e-4"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["optim"]["lr"] == 3e-4 and shown["mlflow"]["enabled"] is True
+    assert main(["config", "show", "debug", "--set", "optim.bogus=1"]) == 2
+    assert "unknown key 'bogus' in section 'optim'" in capsys.readouterr().err
