@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/python benchmarks/model_step.py --presets mini --steps 3
+	$(BIN)/bert-pretrain train --config configs/debug.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -29,4 +29,4 @@ bench: setup
 	$(BIN)/python benchmarks/model_step.py
 
 clean:
-	rm -rf $(VENV) runs mlruns mlflow.db
+	rm -rf $(VENV) runs tokenizers prepared mlartifacts mlruns mlflow.db

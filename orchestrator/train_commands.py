@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 CONFIG_HELP = "a YAML recipe, or the name of one in the repository's configs/ (debug, mini, base-phase1, ...)"
 SET_HELP = "override a setting with a dotted key, e.g. --set optim.lr=2e-4 (repeatable; values are YAML)"
@@ -56,6 +57,8 @@ def run_train(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
     from orchestrator.trainer import resolve_job, train
 
+    # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C, so the MLflow run is marked KILLED.
+    signal.signal(signal.SIGTERM, _interrupt)
     job = resolve_job(
         load_config(args.config, args.overrides),
         num_workers=args.num_workers,
@@ -69,6 +72,10 @@ def run_train(args: argparse.Namespace) -> int:
     if job.mlflow.enabled:
         print("See the run in MLflow: bert-pretrain ui   (then open the address it prints)")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
 
 def run_config_show(args: argparse.Namespace) -> int:

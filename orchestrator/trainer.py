@@ -99,7 +99,7 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
         tracker.log_final(final_dir, {"data_manifest": Path(job.data.prepared_dir) / MANIFEST_FILE})
         tracker.set_tags({"checkpoint_uri": result.checkpoint.path})
         update_run_json(run_dir, final_dir=str(final_dir))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a stop; Ray Train ends an aborted fit with SystemExit
         tracker.end("KILLED")
         raise
     except BaseException as error:
