@@ -1,0 +1,209 @@
+"""Using a pretrained encoder: load a model folder with its tokenizer, fill in [MASK]s, score sentence pairs,
+and read the contextual token representations.
+
+A model folder is one of:
+- an HF BERT checkpoint folder (config.json + weights), our `final/` folders included;
+- a training checkpoint (model.safetensors + model_config.json, as `orchestrator.checkpointing` writes it).
+The tokenizer comes from the folder (tokenizer.json or vocab.txt), from the run's config for a training
+checkpoint, or from an explicit directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer
+
+from data import load_tokenizer
+from data.tokenizer import MASK, SPECIAL_TOKENS
+from model import IGNORE_INDEX, BertForPreTraining, CheckpointError
+from model.hf import CONFIG_FILE, SAFETENSORS_FILE, read_hf_config, read_hf_weights
+from orchestrator.checkpointing import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, load_model_from_checkpoint
+from orchestrator.cli import UserError
+from orchestrator.run_dir import read_run_json
+
+MLM_HEAD_TENSOR = "cls.predictions.transform.dense.weight"
+NSP_HEAD_TENSOR = "cls.seq_relationship.weight"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode on its device, its tokenizer, and which pretraining heads it really has."""
+
+    model: BertForPreTraining
+    tokenizer: Tokenizer
+    tokenizer_dir: str
+    has_mlm_head: bool
+    """False for a checkpoint of a bare encoder (HF BertModel): its MLM head would be random."""
+    has_nsp_head: bool
+    """False when the checkpoint has no NSP head or the run trained without NSP (model.use_nsp false)."""
+    source: Path
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Prediction:
+    token: str
+    token_id: int
+    probability: float
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for `name` (auto, cpu or cuda); auto is the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no GPU is visible here; use --device cpu")
+    return torch.device(name)
+
+
+def load_model(path: str | Path, tokenizer_dir: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Load an HF / final/ folder or a training checkpoint, and its tokenizer (see the module docstring)."""
+    source = Path(path)
+    if not source.is_dir():
+        raise UserError(f"model folder {source} does not exist (or is not a folder)")
+    if (source / MODEL_CONFIG_FILE).is_file():
+        model = load_model_from_checkpoint(source)
+        has_mlm_head, has_nsp_head = True, model.config.use_nsp
+    elif (source / CONFIG_FILE).is_file():
+        read_hf_config(source)  # first: a clear error for a folder that is not BERT
+        names = _tensor_names(source)
+        has_mlm_head = MLM_HEAD_TENSOR in names
+        has_nsp_head = NSP_HEAD_TENSOR in names and _trained_with_nsp(source)
+        model = BertForPreTraining.from_hf(source, use_nsp=has_nsp_head)
+    else:
+        raise UserError(
+            f"{source} is not a BERT model folder: it has neither {CONFIG_FILE} (an HF checkpoint or a run's "
+            f"final/ folder) nor {MODEL_CONFIG_FILE} (a training checkpoint)"
+        )
+    tokenizer_dir = tokenizer_dir or _tokenizer_dir_of(source)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    # A tokenizer built from a bare vocab.txt does not know its special tokens: make "[MASK]" in a text one
+    # token, as it is in a tokenizer.json (ids do not change: the tokens are in the vocabulary already).
+    tokenizer.add_special_tokens(
+        [token for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is not None]
+    )
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer at {tokenizer_dir} has {tokenizer.get_vocab_size()} tokens but the model only "
+            f"{model.config.vocab_size}: pass the model's own tokenizer with --tokenizer DIR"
+        )
+    torch_device = pick_device(device)
+    return LoadedModel(
+        model.to(torch_device).eval(),
+        tokenizer,
+        tokenizer_dir,
+        has_mlm_head,
+        has_nsp_head,
+        source,
+        torch_device,
+    )
+
+
+def _tensor_names(directory: Path) -> set[str]:
+    """The checkpoint's tensor names without the `bert.` prefix (HF head tensors start with `cls.`)."""
+    path = directory / SAFETENSORS_FILE
+    if path.is_file():
+        try:
+            with safe_open(path, framework="pt") as file:  # reads the header only
+                return set(file.keys())
+        except SafetensorError as error:
+            raise CheckpointError(f"{path}: cannot read the weights: {error}") from error
+    return set(read_hf_weights(directory)[0])
+
+
+def _trained_with_nsp(directory: Path) -> bool:
+    """False when config.json or the run's run.json (a final/ folder's parent) says use_nsp is off.
+
+    HF's config.json has no such field, and an MLM-only run still exports its (untrained) NSP head.
+    """
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    if config.get("use_nsp") is False:
+        return False
+    run_config = read_run_json(directory.parent).get("config", {})
+    return run_config.get("model", {}).get("use_nsp", True) is not False
+
+
+def _tokenizer_dir_of(source: Path) -> str:
+    if (source / "tokenizer.json").is_file() or (source / "vocab.txt").is_file():
+        return str(source)
+    if (source / TRAIN_STATE_FILE).is_file():
+        saved = json.loads((source / TRAIN_STATE_FILE).read_text())
+        run_tokenizer = saved.get("config", {}).get("data", {}).get("tokenizer_dir")
+        if run_tokenizer and Path(run_tokenizer).is_dir():
+            return run_tokenizer
+    raise UserError(
+        f"{source} holds no tokenizer (tokenizer.json or vocab.txt): pass the model's tokenizer with "
+        "--tokenizer DIR"
+    )
+
+
+def encode(loaded: LoadedModel, text: str, pair: str | None = None) -> dict[str, torch.Tensor]:
+    """input_ids, token_type_ids and attention_mask (1, S) of `[CLS] text [SEP] (pair [SEP])`."""
+    encoding = loaded.tokenizer.encode(text, pair)
+    limit = loaded.model.config.max_position_embeddings
+    if len(encoding.ids) > limit:
+        raise UserError(f"the input is {len(encoding.ids)} tokens long; this model reads at most {limit}")
+    return {
+        "input_ids": torch.tensor([encoding.ids], device=loaded.device),
+        "token_type_ids": torch.tensor([encoding.type_ids], device=loaded.device),
+        "attention_mask": torch.tensor([encoding.attention_mask], device=loaded.device),
+    }
+
+
+@torch.no_grad()
+def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[list[Prediction]]:
+    """For each [MASK] in `text`, in order: the `top_k` most probable tokens (softmax over the vocabulary)."""
+    if top_k < 1:
+        raise UserError(f"--top-k is {top_k}; use 1 or more")
+    if not loaded.has_mlm_head:
+        raise UserError(
+            f"{loaded.source} has no MLM head ({MLM_HEAD_TENSOR}): it is a bare encoder, fill-mask needs a "
+            "BertForMaskedLM or BertForPreTraining checkpoint"
+        )
+    mask_id = loaded.tokenizer.token_to_id(MASK)
+    if mask_id is None:
+        raise UserError(f"the tokenizer at {loaded.tokenizer_dir} has no {MASK} token")
+    batch = encode(loaded, text)
+    is_mask = batch["input_ids"] == mask_id  # (1, S)
+    if not is_mask.any():
+        raise UserError(f"no {MASK} in {text!r}: write {MASK} where a word is to be predicted")
+    # The model runs its MLM head on the labelled positions only; the label values themselves do not matter.
+    labels = torch.where(is_mask, batch["input_ids"], IGNORE_INDEX)
+    logits = loaded.model(**batch, mlm_labels=labels).mlm_logits  # (N_masks, V)
+    probabilities = logits.float().softmax(dim=-1)
+    top = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+    return [
+        [
+            Prediction(loaded.tokenizer.id_to_token(token_id), token_id, probability)
+            for token_id, probability in zip(ids, values, strict=True)
+        ]
+        for ids, values in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+    ]
+
+
+@torch.no_grad()
+def next_sentence_probability(loaded: LoadedModel, first: str, second: str) -> float:
+    """P(second follows first) from the NSP head (its index 0 = IsNext, as in HF BertForPreTraining)."""
+    if not loaded.has_nsp_head:
+        raise UserError(
+            f"{loaded.source} has no trained next-sentence head: it was trained without NSP (model.use_nsp "
+            f"false) or its checkpoint lacks {NSP_HEAD_TENSOR}; nsp needs a model pretrained with MLM + NSP"
+        )
+    logits = loaded.model(**encode(loaded, first, second)).nsp_logits  # (1, 2)
+    return logits.float().softmax(dim=-1)[0, 0].item()
+
+
+@torch.no_grad()
+def token_representations(loaded: LoadedModel, text: str) -> tuple[list[str], torch.Tensor]:
+    """The tokens of `[CLS] text [SEP]` and their last-layer representations (S, hidden_size)."""
+    batch = encode(loaded, text)
+    sequence_output, _ = loaded.model.bert(**batch)  # (1, S, H)
+    tokens = [loaded.tokenizer.id_to_token(i) for i in batch["input_ids"][0].tolist()]
+    return tokens, sequence_output[0].float().cpu()

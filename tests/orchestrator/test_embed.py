@@ -1,0 +1,115 @@
+"""`embed --input`: Ray Data actors write one vector a document, equal to the encoder's own output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data import DataError, load_tokenizer
+from data.hashing import text_key
+from model import BertConfig, BertForPreTraining
+from orchestrator.cli import main
+from orchestrator.embed import CorpusEmbedder, EmbedSettings, embed_corpus
+from orchestrator.inference import load_model
+
+TEXTS = [
+    "The cat sees the moon at night.",
+    "A dog likes the river.",
+    "My friend paints a small house in the park every day after dinner.",
+    "The teacher calls.",
+    "Our neighbour helps the old man near the school in the morning.",
+]
+HIDDEN = 32
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, prepared_corpus):
+    """A random tiny model saved as a final/ folder with the prepared corpus's tokenizer."""
+    tokenizer_dir = prepared_corpus["data"]["tokenizer_dir"]
+    directory = tmp_path_factory.mktemp("embed_model") / "final"
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=load_tokenizer(tokenizer_dir).get_vocab_size(),
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertForPreTraining(config).save_hf(directory)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
+        shutil.copy(f"{tokenizer_dir}/{name}", directory / name)
+    return directory
+
+
+def encoder_output(model_dir, text: str) -> torch.Tensor:
+    """model.bert on the text alone (no batch, no padding): (S, H)."""
+    loaded = load_model(model_dir)
+    encoding = loaded.tokenizer.encode(text)
+    sequence_output, _ = loaded.model.bert(torch.tensor([encoding.ids]), torch.tensor([encoding.type_ids]))
+    return sequence_output[0].detach()
+
+
+def test_corpus_vectors_equal_the_encoder_and_parquet_has_a_row_per_document(
+    model_dir, tmp_path, ray_session
+):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": text, "other": 1}) + "\n" for text in TEXTS))
+    out = tmp_path / "vectors"
+    settings = EmbedSettings(pooling="mean", batch_size=2, num_workers=1, cpus_per_worker=0.5)
+    assert embed_corpus(str(model_dir), [str(corpus)], str(out), settings) == len(TEXTS)
+
+    table = pq.read_table(out)
+    assert table.num_rows == len(TEXTS)
+    assert table.schema.field("embedding").type.list_size == HIDDEN
+    rows = {row["text"]: row for row in table.to_pylist()}
+    assert sorted(rows) == sorted(TEXTS)
+    for text in TEXTS:
+        expected = encoder_output(model_dir, text)
+        assert rows[text]["id"] == f"{text_key(text):016x}"
+        assert rows[text]["num_tokens"] == expected.shape[0]
+        torch.testing.assert_close(torch.tensor(rows[text]["embedding"]), expected.mean(dim=0))
+
+
+def test_cls_pooling_is_the_encoder_output_at_cls(model_dir):
+    embedder = CorpusEmbedder(str(model_dir), None, EmbedSettings(pooling="cls"))
+    vectors, num_tokens, _ = embedder.embed(TEXTS)  # one padded batch
+    for text, vector, count in zip(TEXTS, vectors, num_tokens, strict=True):
+        expected = encoder_output(model_dir, text)
+        assert count == expected.shape[0]
+        torch.testing.assert_close(torch.from_numpy(vector), expected[0])
+
+
+def test_token_rows_hold_every_token_and_its_vector(model_dir):
+    embedder = CorpusEmbedder(str(model_dir), None, EmbedSettings(pooling="tokens"))
+    table = embedder(pa.table({"text": TEXTS}))  # what one map_batches call returns
+    assert table.num_rows == len(TEXTS)
+    loaded = load_model(model_dir)
+    for row in table.to_pylist():
+        assert row["tokens"] == loaded.tokenizer.encode(row["text"]).tokens
+        expected = encoder_output(model_dir, row["text"])
+        assert row["num_tokens"] == len(row["tokens"]) == expected.shape[0]
+        torch.testing.assert_close(torch.tensor(row["embedding"]), expected)
+
+
+def test_empty_corpus_is_a_clear_error(model_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    status = main(["embed", str(model_dir), "--input", str(empty), "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert "is empty (0 bytes): there is nothing to embed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_blank_corpus_is_a_clear_error(model_dir, tmp_path, ray_session):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n  \n\n")
+    settings = EmbedSettings(num_workers=1, cpus_per_worker=0.5)
+    with pytest.raises(DataError, match="holds no documents"):
+        embed_corpus(str(model_dir), [str(blank)], str(tmp_path / "out"), settings)
+    assert not (tmp_path / "out").exists()
