@@ -107,6 +107,8 @@ def load_tokenizer(path: str) -> Tokenizer:
     tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK))
     _set_bert_pipeline(tokenizer, _lowercase_setting(os.path.dirname(vocab_file)))
     _set_post_processor(tokenizer)
+    # "[MASK]" in a text is one token, as in a tokenizer.json (ids stay: the tokens are in the vocabulary).
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     return tokenizer
 
 

@@ -75,8 +75,11 @@ class BertConfig:
         return cls(**{**PRESETS[name], **overrides})
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The `config.json` of an HF `BertForPreTraining` with these sizes (true vocabulary size)."""
-        ours_only = {"use_nsp", "pad_vocab_multiple", "activation_checkpointing"}
+        """The `config.json` of an HF `BertForPreTraining` with these sizes (true vocabulary size).
+
+        `use_nsp` stays in it (transformers keeps unknown keys as attributes), so that a model trained without
+        NSP says that its NSP head is untrained."""
+        ours_only = {"pad_vocab_multiple", "activation_checkpointing"}
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ours_only}
         return {
             "model_type": "bert",

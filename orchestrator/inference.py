@@ -19,12 +19,11 @@ from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 
 from data import load_tokenizer
-from data.tokenizer import MASK, SPECIAL_TOKENS
+from data.tokenizer import MASK
 from model import IGNORE_INDEX, BertForPreTraining, CheckpointError
 from model.hf import CONFIG_FILE, SAFETENSORS_FILE, read_hf_config, read_hf_weights
 from orchestrator.checkpointing import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, load_model_from_checkpoint
 from orchestrator.cli import UserError
-from orchestrator.run_dir import read_run_json
 
 MLM_HEAD_TENSOR = "cls.predictions.transform.dense.weight"
 NSP_HEAD_TENSOR = "cls.seq_relationship.weight"
@@ -82,11 +81,6 @@ def load_model(path: str | Path, tokenizer_dir: str | None = None, device: str =
         )
     tokenizer_dir = tokenizer_dir or _tokenizer_dir_of(source)
     tokenizer = load_tokenizer(tokenizer_dir)
-    # A tokenizer built from a bare vocab.txt does not know its special tokens: make "[MASK]" in a text one
-    # token, as it is in a tokenizer.json (ids do not change: the tokens are in the vocabulary already).
-    tokenizer.add_special_tokens(
-        [token for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is not None]
-    )
     tokenizer.no_truncation()
     tokenizer.no_padding()
     if tokenizer.get_vocab_size() > model.config.vocab_size:
@@ -119,15 +113,8 @@ def _tensor_names(directory: Path) -> set[str]:
 
 
 def _trained_with_nsp(directory: Path) -> bool:
-    """False when config.json or the run's run.json (a final/ folder's parent) says use_nsp is off.
-
-    HF's config.json has no such field, and an MLM-only run still exports its (untrained) NSP head.
-    """
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    if config.get("use_nsp") is False:
-        return False
-    run_config = read_run_json(directory.parent).get("config", {})
-    return run_config.get("model", {}).get("use_nsp", True) is not False
+    """False when config.json says use_nsp is off: an MLM-only run still exports its (untrained) NSP head."""
+    return json.loads((directory / CONFIG_FILE).read_text()).get("use_nsp", True) is not False
 
 
 def _tokenizer_dir_of(source: Path) -> str:

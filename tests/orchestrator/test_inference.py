@@ -176,10 +176,10 @@ def test_memorised_model_fills_the_word_and_separates_pairs(memorised, folder):
 
 
 def test_final_folder_of_an_mlm_only_run_has_no_nsp(memorised, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(memorised["final"], run_dir / "final")
-    (run_dir / "run.json").write_text(json.dumps({"config": {"model": {"use_nsp": False}}}))
-    loaded = load_model(run_dir / "final")
+    final = tmp_path / "final"
+    shutil.copytree(memorised["final"], final)  # the tokenizer files
+    BertForPreTraining.from_hf(final, use_nsp=False).save_hf(final)  # config.json now says use_nsp: false
+    loaded = load_model(final)
     assert not loaded.has_nsp_head
     with pytest.raises(UserError, match="trained without NSP"):
         next_sentence_probability(loaded, "a dog likes the river.", "the river runs to the sea.")
