@@ -12,6 +12,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "orchestrator.data_commands",
     "orchestrator.train_commands",
     "orchestrator.tracking_commands",
+    "orchestrator.inference_commands",
+    "orchestrator.jobs_commands",
 )
 
 
@@ -63,4 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the imported module, so that `UserError` is the class the command modules raise.
+    from orchestrator.cli import main as cli_main
+
+    sys.exit(cli_main())

@@ -98,17 +98,6 @@ def write_bert_corpus(path, documents: list[list[str]]) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    yield ray
-
-
-@pytest.fixture(scope="session")
 def documents() -> list[list[str]]:
     return make_documents(400)
 

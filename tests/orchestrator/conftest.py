@@ -38,15 +38,6 @@ def write_corpus(path: Path, documents: int, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """A local Ray with 2 CPUs (this machine's size) for the whole session."""
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def prepared_corpus(tmp_path_factory, ray_session) -> dict:
     """A tokenizer and prepared examples (max length 32, an eval split) built the way `train` builds them.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import ray
 import ray.train
 from mlflow import MlflowClient
@@ -14,23 +13,13 @@ from orchestrator.tracking import MlflowConfig, RunTracker
 STEPS = 5
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    if started_here:
-        ray.shutdown()
-
-
 def report_steps() -> None:
     rank = ray.train.get_context().get_world_rank()
     for step in range(1, STEPS + 1):
         ray.train.report({"step": step, "loss": 10.0 / step if rank == 0 else -1.0, "phase": "train"})
 
 
-def test_ray_train_run_logs_every_reported_step(tmp_path, local_ray):
+def test_ray_train_run_logs_every_reported_step(tmp_path, ray_session):
     config = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_name="ray")
     tracker = RunTracker.open(config, tmp_path / "run", "ray-run")
     trainer = TorchTrainer(

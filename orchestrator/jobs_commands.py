@@ -1,0 +1,177 @@
+"""`bert-pretrain` subcommands for runs on a Ray cluster: `submit` a run as a Ray job, and `jobs list |
+status | logs | stop`. The cluster comes from --address, RAY_API_SERVER_ADDRESS or RAY_ADDRESS, as in Ray's
+own CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+
+from orchestrator.train_commands import CONFIG_HELP, SET_HELP
+
+ADDRESS_HELP = (
+    "the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
+    "else http://127.0.0.1:8265, where `ray dashboard cluster.yaml` forwards it)"
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands."""
+    submit = subparsers.add_parser(
+        "submit",
+        help="submit a training run to a Ray cluster as a Ray job",
+        description="Validate the config here, then submit `train` as a Ray job carrying this checkout's "
+        "code and the resolved config. The job's submission id is the run name: submitting the same run "
+        "again resumes it from its last checkpoint. Prints the job id, the dashboard and the MLflow run; "
+        "without --no-wait follows the logs and exits with the job's outcome (0 when it SUCCEEDED).",
+    )
+    submit.add_argument("--address", help=ADDRESS_HELP)
+    submit.add_argument("--config", required=True, help=CONFIG_HELP)
+    submit.add_argument(
+        "--num-workers", type=int, help="Ray Train workers (one GPU each with --gpu); the global batch stays"
+    )
+    device = submit.add_mutually_exclusive_group()
+    device.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
+    device.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
+    submit.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+    submit.add_argument(
+        "--no-wait", action="store_true", help="return once submitted; do not follow the logs"
+    )
+    submit.set_defaults(func=run_submit)
+
+    jobs = subparsers.add_parser(
+        "jobs",
+        help="list, watch and stop Ray jobs",
+        description="List, watch and stop jobs on a Ray cluster.",
+    )
+    commands = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
+    listing = commands.add_parser("list", help="the cluster's jobs with their status")
+    status = commands.add_parser("status", help="a job's status and message")
+    logs = commands.add_parser("logs", help="a job's logs")
+    stop = commands.add_parser(
+        "stop", help="stop a job: the checkpoints stay, the MLflow run ends KILLED; submit it again to resume"
+    )
+    for parser in (listing, status, logs, stop):
+        parser.add_argument("--address", help=ADDRESS_HELP)
+    for parser in (status, logs, stop):
+        parser.add_argument("job", help="the job's submission id (the run name)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    listing.set_defaults(func=run_jobs_list)
+    status.set_defaults(func=run_jobs_status)
+    logs.set_defaults(func=run_jobs_logs)
+    stop.set_defaults(func=run_jobs_stop)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from orchestrator.config import config_from_dict, load_config
+    from orchestrator.jobs import MlflowRunFinder, connect, follow_logs, local_paths, submit_run
+    from orchestrator.resources import plan_batches
+    from orchestrator.tracking_params import redact
+
+    # Validate everything that can be checked here before anything reaches the cluster.
+    config = load_config(args.config, args.overrides)
+    scaling = dataclasses.replace(
+        config.scaling,
+        num_workers=config.scaling.num_workers if args.num_workers is None else args.num_workers,
+        use_gpu=config.scaling.use_gpu if args.use_gpu is None else args.use_gpu,
+    )
+    config = config_from_dict(dataclasses.replace(config, scaling=scaling).to_dict())
+    plan_batches(config.train.global_batch_size, config.train.micro_batch_size, config.scaling.num_workers)
+    for setting in local_paths(config):
+        print(
+            f"warning: {setting} is relative: on the cluster it resolves in the head node's home folder, "
+            "which the GPU nodes do not share; use a shared folder or bucket"
+        )
+
+    client = connect(args.address)
+    job_id = submit_run(client, config)
+    print(f"Submitted job {job_id}: {config.scaling.num_workers} workers, {config.model.preset} model")
+    print(f"Ray dashboard: {client.get_address()}")
+    finder = MlflowRunFinder(config)
+
+    def print_link_once_found() -> None:
+        if not finder.run_id and finder.find(min_interval_s=5.0):
+            print(f"\n[bert-pretrain] MLflow run: {finder.link()}\n", flush=True)
+
+    if finder.find():
+        print(f"MLflow run: {finder.link()}")
+    elif config.mlflow.enabled:
+        where = finder.tracking_uri or "the cluster's tracking server"
+        print(f"MLflow: the run appears in experiment {config.mlflow.experiment_name!r} at {redact(where)} "
+              "once training starts")
+    if args.no_wait:
+        print(f"Follow it with: bert-pretrain jobs logs {job_id} --follow")
+        return 0
+    try:
+        final = follow_logs(client, job_id, on_chunk=print_link_once_found)
+    except KeyboardInterrupt:
+        print(f"\nStopped following; the job keeps running. Stop it with: bert-pretrain jobs stop {job_id}")
+        return 130
+    print_link_once_found()
+    print(f"Job {job_id} {final}")
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def run_jobs_list(args: argparse.Namespace) -> int:
+    from orchestrator.jobs import connect
+
+    jobs = sorted(connect(args.address).list_jobs(), key=lambda job: job.start_time or 0)
+    rows = [("JOB", "STATUS", "STARTED", "RUN")]
+    rows += [
+        (
+            job.submission_id or job.job_id or "",
+            str(job.status.value),
+            _time(job.start_time),
+            (job.metadata or {}).get("bert_pretrain_run", "-"),
+        )
+        for job in jobs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def run_jobs_status(args: argparse.Namespace) -> int:
+    from orchestrator.jobs import connect, job_status
+
+    client = connect(args.address)
+    job_status(client, args.job)  # a clear error for an unknown id
+    info = client.get_job_info(args.job)
+    print(f"{args.job}: {info.status.value}")
+    print(f"started {_time(info.start_time)}, ended {_time(info.end_time)}")
+    if info.message:
+        print(info.message)
+    return 0
+
+
+def run_jobs_logs(args: argparse.Namespace) -> int:
+    from orchestrator.jobs import connect, follow_logs, job_status
+
+    client = connect(args.address)
+    if args.follow:
+        print(f"Job {args.job} {follow_logs(client, args.job)}")
+        return 0
+    job_status(client, args.job)
+    print(client.get_job_logs(args.job), end="")
+    return 0
+
+
+def run_jobs_stop(args: argparse.Namespace) -> int:
+    from orchestrator.jobs import connect, stop_job
+
+    print(f"Job {args.job} {stop_job(connect(args.address), args.job)}")
+    print(
+        "Its checkpoints stay; resume with: "
+        f"bert-pretrain submit --config ... --set checkpoint.run_name={args.job}"
+    )
+    return 0
+
+
+def _time(milliseconds: int | None) -> str:
+    if not milliseconds:
+        return "-"
+    return datetime.datetime.fromtimestamp(milliseconds / 1000).strftime("%Y-%m-%d %H:%M:%S")
