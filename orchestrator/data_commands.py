@@ -92,21 +92,13 @@ def _register_inspect(subparsers: argparse._SubParsersAction) -> None:
     inspect.set_defaults(func=run_inspect)
 
 
-def _corpus(paths: list[str]) -> list[str]:
-    from data import builtin_corpus_path
-
-    return [builtin_corpus_path() if path == "builtin" else path for path in paths]
-
-
 def run_tokenizer_train(args: argparse.Namespace) -> int:
     from data import TokenizerConfig, load_tokenizer, train_tokenizer
 
     config = TokenizerConfig(
         vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
     )
-    train_tokenizer(
-        _corpus(args.corpus), args.out, config, input_format=args.format, text_field=args.text_field
-    )
+    train_tokenizer(args.corpus, args.out, config, input_format=args.format, text_field=args.text_field)
     print(f"wrote a tokenizer of {load_tokenizer(args.out).get_vocab_size():,} tokens to {args.out}")
     return 0
 
@@ -124,7 +116,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         examples_per_shard=args.examples_per_shard,
     )
-    prepare(_corpus(args.corpus), args.tokenizer, args.out, config)
+    prepare(args.corpus, args.tokenizer, args.out, config)
     return 0
 
 

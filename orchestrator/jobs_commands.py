@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import datetime
 
-from orchestrator.train_commands import CONFIG_HELP, SET_HELP
+from orchestrator.train_commands import add_run_arguments
 
 ADDRESS_HELP = (
     "the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
@@ -27,16 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "without --no-wait follows the logs and exits with the job's outcome (0 when it SUCCEEDED).",
     )
     submit.add_argument("--address", help=ADDRESS_HELP)
-    submit.add_argument("--config", required=True, help=CONFIG_HELP)
-    submit.add_argument(
-        "--num-workers", type=int, help="Ray Train workers (one GPU each with --gpu); the global batch stays"
-    )
-    device = submit.add_mutually_exclusive_group()
-    device.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
-    device.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
-    submit.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
-    )
+    add_run_arguments(submit)
     submit.add_argument(
         "--no-wait", action="store_true", help="return once submitted; do not follow the logs"
     )

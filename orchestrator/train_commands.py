@@ -19,18 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "missing; resumes the run from its latest checkpoint when started again with the same run name; "
         "writes the final model in HF format to <storage_path>/<run_name>/final/.",
     )
-    train.add_argument("--config", required=True, help=CONFIG_HELP)
-    train.add_argument(
-        "--num-workers",
-        type=int,
-        help="Ray Train workers; the global batch stays, the per-worker share changes",
-    )
-    device = train.add_mutually_exclusive_group()
-    device.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
-    device.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
-    train.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
-    )
+    add_run_arguments(train)
     train.add_argument(
         "--init-from",
         metavar="DIR",
@@ -47,10 +36,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and print the resolved config as YAML.",
     )
     show.add_argument("config", help=CONFIG_HELP)
-    show.add_argument(
+    add_set_argument(show)
+    show.set_defaults(func=run_config_show)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that say what a run computes and where: shared by `train` and `submit`."""
+    parser.add_argument("--config", required=True, help=CONFIG_HELP)
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        help="Ray Train workers (one GPU each with --gpu); the global batch stays, each share changes",
+    )
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
+    device.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
+    add_set_argument(parser)
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
     )
-    show.set_defaults(func=run_config_show)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from ray.train.torch import TorchTrainer
 
 import data
 from data.manifest import MANIFEST_FILE
+from data.readers import BUILTIN_CORPUS_WORD  # the embedded default; data resolves it
 from orchestrator.checkpointing import MODEL_CONFIG_FILE, export_final
 from orchestrator.cli import UserError
 from orchestrator.config import JobConfig, config_from_dict
@@ -33,7 +34,6 @@ from orchestrator.run_dir import update_run_json
 from orchestrator.tracking import RunTracker, ray_job_tags
 from orchestrator.train_loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
 
-BUILTIN_CORPUS = "builtin"  # the corpus word for the embedded default (data resolves it)
 TOKENIZER_SETTINGS_FILE = "bert_pretrain_tokenizer.json"  # written beside a tokenizer that `train` built
 
 
@@ -62,7 +62,7 @@ def resolve_job(
         storage_path=_absolute(job.checkpoint.storage_path),
         init_from=_absolute(init_from or job.checkpoint.init_from),
     )
-    corpus = [entry if entry == BUILTIN_CORPUS else _absolute(entry) for entry in job.data.corpus]
+    corpus = [entry if entry == BUILTIN_CORPUS_WORD else _absolute(entry) for entry in job.data.corpus]
     data_paths = dataclasses.replace(
         job.data,
         corpus=corpus,
