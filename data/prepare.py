@@ -2,7 +2,7 @@
 
 Stages: read documents -> normalise, split sentences, tokenize (batched, in Ray Data tasks) -> assign each
 document to train or eval by a hash -> plan the examples of each document -> fetch the random Bs (a second
-pass: requests and their donor documents meet in a group-by on the donor's key) -> sort by (document,
+pass: requests and their donor documents meet in a sort on the donor's key) -> sort by (document,
 example) -> even shards. Every random choice is seeded by (seed, document key, ...), documents are keyed by a
 hash of their text, and the random B's document is drawn by index over the sorted table of keys, so the
 output does not depend on blocks, CPUs or the order in which tasks finish.
@@ -11,12 +11,13 @@ output does not depend on blocks, CPUs or the order in which tasks finish.
 from __future__ import annotations
 
 import contextlib
-import math
+import itertools
 import os
 import random
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,8 +43,6 @@ from data.shards import write_shards
 from data.tokenizer import copy_tokenizer, load_tokenizer, special_token_ids, tokenizer_hash
 
 _TOKENIZE_BATCH_DOCUMENTS = 128
-SHUFFLE_PARTITION_BYTES = 64 << 20
-"""Input bytes per partition of the group-by and the sort (when `num_blocks` does not say otherwise)."""
 _PLAN_COLUMNS = {
     "doc_key": pa.uint64(),
     "example_index": pa.int32(),
@@ -114,8 +113,7 @@ def _prepare_into(corpus, files, tokenizer_dir, tokenizer, special_ids, out_dir,
         counts["examples"] = {}
         shards: dict[str, list[str]] = {}
         for split in table.splits():
-            partitions = config.num_blocks or max(1, math.ceil(files.total_bytes / SHUFFLE_PARTITION_BYTES))
-            examples = build_examples(documents, table, split, config, special_ids, partitions)
+            examples = build_examples(documents, table, split, config, special_ids)
             written = write_shards(examples, staging, split, config.examples_per_shard)
             counts["examples"][split] = written.examples
             counts["tokens"] = counts.get("tokens", 0) + written.tokens
@@ -141,7 +139,7 @@ def _prepare_into(corpus, files, tokenizer_dir, tokenizer, special_ids, out_dir,
 
 @contextlib.contextmanager
 def _sort_based_shuffles():
-    """Group-bys and sorts by sort-based shuffle tasks: on a small cluster Ray's default hash shuffle (with
+    """Sorts by sort-based shuffle tasks: on a small cluster Ray's default hash shuffle (with
     its aggregator actors) costs seconds per stage, ten times the work here."""
     from ray.data.context import DataContext, ShuffleStrategy
 
@@ -207,18 +205,29 @@ def _cached_tokenizer(tokenizer_json: str):
 
     key = hash(tokenizer_json)
     if key not in _TOKENIZER_CACHE:
+        # Ray runs a task per CPU: the tokenizer's own thread pool would only oversubscribe the CPUs.
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")
         _TOKENIZER_CACHE[key] = Tokenizer.from_str(tokenizer_json)
     return _TOKENIZER_CACHE[key]
 
 
 def tokenize_documents(documents, tokenizer_json: str, one_sentence_per_line: bool):
     """Ray Dataset of documents -> doc_key, token_ids (all sentences), sentence_lengths and counts."""
+    # Whole blocks: with a batch size, Ray would fuse this stage with the reader's and hand one task several
+    # read ranges at once, leaving the other CPUs idle.
     return documents.map_batches(
-        _tokenize_batch,
-        batch_size=_TOKENIZE_BATCH_DOCUMENTS,
+        _tokenize_block,
+        batch_size=None,
         batch_format="pyarrow",
         fn_kwargs={"tokenizer_json": tokenizer_json, "one_sentence_per_line": one_sentence_per_line},
     )
+
+
+def _tokenize_block(block: pa.Table, tokenizer_json: str, one_sentence_per_line: bool) -> Iterator[pa.Table]:
+    """A few documents at a time: the tokenizer's encodings take far more memory than the text."""
+    for start in range(0, block.num_rows, _TOKENIZE_BATCH_DOCUMENTS):
+        batch = block.slice(start, _TOKENIZE_BATCH_DOCUMENTS)
+        yield _tokenize_batch(batch, tokenizer_json, one_sentence_per_line)
 
 
 def _tokenize_batch(batch: pa.Table, tokenizer_json: str, one_sentence_per_line: bool) -> pa.Table:
@@ -332,9 +341,7 @@ class DocumentTable:
 # --- stage 3: examples -----------------------------------------------------------------------------------
 
 
-def build_examples(
-    documents, table: DocumentTable, split: str, config: PrepareConfig, special_ids: dict, partitions: int
-):
+def build_examples(documents, table: DocumentTable, split: str, config: PrepareConfig, special_ids: dict):
     """The split's examples as a Ray Dataset of EXAMPLE_SCHEMA rows, sorted by (document, example)."""
 
     keys = table.check(split)
@@ -351,7 +358,7 @@ def build_examples(
     )
     if config.objective == "mlm":
         examples = split_documents.map_batches(_packed_examples, batch_format="pyarrow", fn_kwargs=settings)
-        return examples.repartition(partitions).sort(["doc_key", "example_index"])
+        return examples.sort(["doc_key", "example_index"])
     plans = split_documents.map_batches(
         _plan_batch,
         batch_format="pyarrow",
@@ -365,12 +372,13 @@ def build_examples(
     continuations = plans.map_batches(_finish_continuations, batch_format="pyarrow", fn_kwargs=settings)
     requests = plans.map_batches(_random_b_requests, batch_format="pyarrow")
     donors = split_documents.map_batches(_donor_rows, batch_format="pyarrow")
+    # A sort, then one UDF call per block: what `groupby().map_groups()` does, without a call per group.
     randoms = (
         requests.union(donors)
-        .groupby("group_key", num_partitions=partitions)
-        .map_groups(_resolve_random_b, batch_format="pyarrow", fn_kwargs=settings)
+        .sort("group_key")
+        .map_batches(_resolve_random_bs, batch_size=None, batch_format="pyarrow", fn_kwargs=settings)
     )
-    return continuations.union(randoms).repartition(partitions).sort(["doc_key", "example_index"])
+    return continuations.union(randoms).sort(["doc_key", "example_index"])
 
 
 def _select_split(batch: pa.Table, seed: int, eval_fraction: float, want_eval: bool) -> pa.Table:
@@ -380,18 +388,24 @@ def _select_split(batch: pa.Table, seed: int, eval_fraction: float, want_eval: b
     return batch.filter(pa.array(keep))
 
 
-def _document_sentences(token_ids: np.ndarray, sentence_lengths: np.ndarray) -> list[list[int]]:
-    bounds = np.cumsum(sentence_lengths)[:-1]
-    return [part.tolist() for part in np.split(token_ids, bounds)]
+def _document_sentences(token_ids: list[int], sentence_lengths: list[int]) -> list[list[int]]:
+    bounds = [0, *itertools.accumulate(sentence_lengths)]
+    return [token_ids[low:high] for low, high in itertools.pairwise(bounds)]
+
+
+def _flat_lists(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (all values, offsets): row r is values[offsets[r]:offsets[r + 1]]."""
+    array = column.combine_chunks()
+    return array.values.to_numpy(), array.offsets.to_numpy()
 
 
 def _iter_documents(batch: pa.Table):
     keys = batch.column("doc_key").to_numpy()
-    token_ids = batch.column("token_ids").combine_chunks()
-    lengths = batch.column("sentence_lengths").combine_chunks()
+    token_values, token_offsets = _flat_lists(batch.column("token_ids"))
+    length_values, length_offsets = _flat_lists(batch.column("sentence_lengths"))
     for row in range(batch.num_rows):
-        doc_tokens = token_ids[row].values.to_numpy()
-        doc_lengths = lengths[row].values.to_numpy()
+        doc_tokens = token_values[token_offsets[row] : token_offsets[row + 1]].tolist()
+        doc_lengths = length_values[length_offsets[row] : length_offsets[row + 1]].tolist()
         yield int(keys[row]), _document_sentences(doc_tokens, doc_lengths)
 
 
@@ -483,28 +497,25 @@ def _donor_rows(batch: pa.Table) -> pa.Table:
     )
 
 
-def _resolve_random_b(group: pa.Table, **settings) -> pa.Table:
-    """One donor document and the requests for a random B from it -> the finished examples."""
-    is_donor = group.column("is_donor").to_numpy(zero_copy_only=False)
-    if is_donor.all():
-        return _examples_table([])
-    donor = group.filter(pa.array(is_donor)).slice(0, 1).to_pylist()[0]
-    donor_sentences = _document_sentences(
-        np.array(donor["tokens_a"], dtype=np.int32), np.array(donor["sentence_lengths"], dtype=np.int64)
-    )
+def _resolve_random_bs(block: pa.Table, **settings) -> pa.Table:
+    """Donor documents, each followed by the requests for a random B from it (the block is sorted by
+    `group_key`, and a sort keeps each key's rows in one block) -> the finished examples."""
+    columns = ["group_key", "is_donor", "doc_key", "example_index", "tokens_a", "sentence_lengths"]
+    rows = {name: block.column(name).to_pylist() for name in columns}
+    shares = block.column("donor_start_share").to_pylist()
+    lengths = block.column("target_b_length").to_pylist()
+    donors = {
+        rows["group_key"][i]: _document_sentences(rows["tokens_a"][i], rows["sentence_lengths"][i])
+        for i in range(block.num_rows)
+        if rows["is_donor"][i]
+    }
     examples = []
-    for request in group.filter(pa.array(~is_donor)).to_pylist():
-        tokens_b = take_random_b(donor_sentences, request["donor_start_share"], request["target_b_length"])
-        examples.append(
-            _finished_example(
-                request["doc_key"],
-                request["example_index"],
-                request["tokens_a"],
-                tokens_b,
-                NSP_RANDOM,
-                settings,
-            )
-        )
+    for i in range(block.num_rows):
+        if rows["is_donor"][i]:
+            continue
+        tokens_b = take_random_b(donors[rows["group_key"][i]], shares[i], lengths[i])
+        doc_key, example_index, tokens_a = rows["doc_key"][i], rows["example_index"][i], rows["tokens_a"][i]
+        examples.append(_finished_example(doc_key, example_index, tokens_a, tokens_b, NSP_RANDOM, settings))
     return _examples_table(examples)
 
 

@@ -23,7 +23,9 @@ BUILTIN_CORPUS_WORD = "builtin"
 MAX_DOCUMENT_BYTES = 1 << 20
 """A longer document (say 100 MB on one line) is processed as consecutive pieces of about this size."""
 READ_RANGE_BYTES = 8 << 20
-"""Bytes of a text file one read task owns (when `num_blocks` does not say otherwise)."""
+"""The most bytes of a text file one read task owns (when `num_blocks` does not say otherwise)."""
+MIN_READ_RANGE_BYTES = 256 << 10
+"""Smaller corpora are cut into ranges of at least this size, two per cluster CPU, so all CPUs get work."""
 _READ_BYTES = 1 << 20
 _EMIT_BATCH_BYTES = 16 << 20
 _WHITESPACE = b" \t\n\r\f\v"
@@ -167,13 +169,25 @@ def _as_documents(batch: pa.Table, text_field: str) -> pa.Table:
 def _byte_ranges(paths: tuple[str, ...], num_blocks: int | None) -> list[dict]:
     sizes = [_file_size(path) for path in paths]
     total = sum(sizes)
-    range_bytes = math.ceil(total / num_blocks) if num_blocks else READ_RANGE_BYTES
-    range_bytes = max(range_bytes, 1)
+    if num_blocks:
+        range_bytes = max(1, math.ceil(total / num_blocks))
+    else:
+        per_cpu = math.ceil(total / (2 * cluster_cpus()))
+        range_bytes = min(READ_RANGE_BYTES, max(MIN_READ_RANGE_BYTES, per_cpu))
     ranges = []
     for path, size in zip(paths, sizes, strict=True):
         for start in range(0, size, range_bytes):
             ranges.append({"path": path, "start": start, "end": min(start + range_bytes, size)})
     return ranges
+
+
+def cluster_cpus() -> int:
+    """The CPUs of the Ray cluster (at least 1): how many tasks a stage can run at once."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # what Ray Data's first operation would do
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _file_size(path: str) -> int:
