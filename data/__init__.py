@@ -5,10 +5,12 @@ from data.config import MaskingConfig, PrepareConfig, TokenizerConfig
 from data.errors import DataError
 from data.manifest import Manifest, load_manifest
 from data.prepare import prepare
-from data.stream import build_train_dataset, check_tokenizer, make_collate_fn
+from data.stream import ExactBatches, PadAndCollate, build_train_dataset, check_tokenizer, make_collate_fn
 from data.tokenizer import load_tokenizer, tokenizer_hash, train_tokenizer
 
 __all__ = [
+    "ExactBatches",
+    "PadAndCollate",
     "DataError",
     "MaskingConfig",
     "Manifest",

@@ -2,16 +2,19 @@
 
 `build_train_dataset` gives unpadded rows (each example its own length); `make_collate_fn` pads a batch of
 them for `iter_torch_batches` into the batch schema of DESIGN.md, to the longest example of the batch or to
-`max_seq_length`.
+`max_seq_length`. The trainer cuts its shard with `ExactBatches` (its shares of a global batch may differ by
+one example) and pads each cut with the same collate function's `collate_table`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from data.config import MaskingConfig
@@ -19,6 +22,8 @@ from data.errors import DataError
 from data.manifest import TOKENIZER_DIR, load_manifest
 from data.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from data.tokenizer import load_tokenizer, tokenizer_hash
+
+_READ_BATCH_ROWS = 8192
 
 STREAM_COLUMNS = (
     "example_id",
@@ -67,12 +72,24 @@ def build_train_dataset(
     if len(vocab.is_special) < manifest.vocab_size:
         raise DataError(f"the tokenizer copy in {prepared_dir} is damaged; run `bert-pretrain prepare` again")
     shards = [os.path.join(prepared_dir, path) for path in manifest.shards[split]]
-    return ray.data.read_parquet(shards).map_batches(
-        mask_batch,
+    # One task per shard reads it with pyarrow and masks it: the shards are ours (even, with known counts),
+    # and `ray.data.read_parquet` would sample files with remote tasks each epoch, seconds on a small cluster.
+    return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
+        read_and_mask_shards,
         batch_format="pyarrow",
-        batch_size=None,
+        batch_size=1,
         fn_kwargs={"seed": seed, "epoch": epoch, "config": masking, "vocab": vocab},
     )
+
+
+def read_and_mask_shards(
+    paths: pa.Table, seed: int, epoch: int, config: MaskingConfig, vocab: MaskingVocab
+) -> Iterator[pa.Table]:
+    """Ray Data UDF: shard paths (column `item`) -> their masked rows, in tables of `_READ_BATCH_ROWS` (so
+    that a shard of any size streams in bounded memory)."""
+    for path in paths.column("item").to_pylist():
+        for rows in pq.ParquetFile(path).iter_batches(batch_size=_READ_BATCH_ROWS):
+            yield mask_batch(pa.Table.from_batches([rows]), seed, epoch, config, vocab)
 
 
 def mask_batch(
@@ -117,26 +134,64 @@ class PadAndCollate(NumpyBatchCollateFn):
         return min(self.max_seq_length, -(-longest // multiple) * multiple) if longest else multiple
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
-        import torch
-
         rows = _rows(batch["input_ids"])
         lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
-        width = max(self.padded_length(int(lengths.max(initial=0))), int(lengths.max(initial=0)))
+        columns = ("input_ids", "token_type_ids", "mlm_labels")
+        values = {name: _concatenate(_rows(batch[name])) for name in columns}
+        return self._padded(lengths, values, batch["next_sentence_label"])
+
+    def collate_table(self, table: pa.Table) -> dict:
+        """The same padded batch from an Arrow table of stream rows (a slice of a worker's shard)."""
+        lengths = pc.list_value_length(table.column("input_ids")).to_numpy()
+        columns = ("input_ids", "token_type_ids", "mlm_labels")
+        values = {name: pc.list_flatten(table.column(name)).to_numpy() for name in columns}
+        return self._padded(lengths, values, table.column("next_sentence_label").to_numpy())
+
+    def _padded(self, lengths: np.ndarray, values: dict[str, np.ndarray], nsp_labels: np.ndarray) -> dict:
+        """Rows given as lengths and their concatenated values -> padded [B, S] int64 tensors."""
+        import torch
+
+        longest = int(lengths.max(initial=0))
+        width = max(self.padded_length(longest), longest)
         inside = np.arange(width)[None, :] < lengths[:, None]  # (B, S)
+        fills = {"input_ids": self.pad_token_id, "token_type_ids": 0, "mlm_labels": IGNORE_INDEX}
+        batch = {}
+        for name, fill in fills.items():
+            padded = np.full((len(lengths), width), fill, dtype=np.int64)
+            padded[inside] = values[name]
+            batch[name] = torch.from_numpy(padded)
+        batch["attention_mask"] = torch.from_numpy(inside.astype(np.int64))
+        batch["next_sentence_label"] = torch.from_numpy(np.asarray(nsp_labels, dtype=np.int64))
+        return batch
 
-        def pad(column: str, fill: int) -> torch.Tensor:
-            padded = np.full((len(rows), width), fill, dtype=np.int64)
-            values = _rows(batch[column])
-            padded[inside] = np.concatenate(values) if len(values) else []
-            return torch.from_numpy(padded)
 
-        return {
-            "input_ids": pad("input_ids", self.pad_token_id),
-            "token_type_ids": pad("token_type_ids", 0),
-            "attention_mask": torch.from_numpy(inside.astype(np.int64)),
-            "mlm_labels": pad("mlm_labels", IGNORE_INDEX),
-            "next_sentence_label": torch.from_numpy(np.asarray(batch["next_sentence_label"], dtype=np.int64)),
-        }
+class ExactBatches:
+    """Cuts a stream of Arrow tables (a worker's Ray Data blocks) into batches of exactly the sizes asked
+    for, which may change from batch to batch (uneven shares of a global batch)."""
+
+    def __init__(self, tables: Iterable[pa.Table]) -> None:
+        self._tables = iter(tables)
+        self._pending: pa.Table | None = None
+
+    def take(self, count: int) -> pa.Table:
+        """The next `count` rows; a DataError when the stream ends first."""
+        parts = [self._pending] if self._pending is not None else []
+        available = sum(part.num_rows for part in parts)
+        while available < count:
+            table = next(self._tables, None)
+            if table is None:
+                raise DataError(f"the data shard ended {count - available} rows short of a batch")
+            parts.append(table)
+            available += table.num_rows
+        joined = pa.concat_tables(parts)
+        self._pending = joined.slice(count)
+        return joined.slice(0, count)
+
+    def close(self) -> None:
+        """Stop the stream (and its prefetching) when the rest is not needed."""
+        close = getattr(self._tables, "close", None)
+        if close is not None:
+            close()
 
 
 def _rows(column: np.ndarray) -> list[np.ndarray] | np.ndarray:
@@ -144,9 +199,13 @@ def _rows(column: np.ndarray) -> list[np.ndarray] | np.ndarray:
     return list(column) if column.dtype == object else column
 
 
+def _concatenate(rows: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    return np.concatenate(rows) if len(rows) else np.zeros(0, dtype=np.int64)
+
+
 def make_collate_fn(
     masking: MaskingConfig | None, max_seq_length: int, pad_token_id: int = 0
-) -> Callable[[dict[str, np.ndarray]], dict]:
+) -> PadAndCollate:
     """collate_fn for `iter_torch_batches`: int64 input_ids, token_type_ids, attention_mask, mlm_labels [B, S]
     and next_sentence_label [B], padded per `masking.pad_to` (labels -100 and attention 0 on padding)."""
     masking = masking or MaskingConfig()

@@ -99,7 +99,11 @@ class OptimConfig:
 @dataclass
 class ScalingConfig:
     num_workers: int = 1
-    """Ray Train workers (DDP ranks); --num-workers overrides it."""
+    """Ray Train workers (DDP ranks), the most of them in an elastic run; --num-workers N or MIN-MAX."""
+    min_workers: int | None = None
+    """Elastic training when set: Ray Train starts with as many workers as fit, from min_workers up to
+    num_workers, and regroups them (from the latest checkpoint) as nodes come and go. The global batch
+    stays the same."""
     use_gpu: bool = False
     """One GPU per worker, bf16 autocast; --gpu / --cpu override it."""
     cpus_per_worker: float = 1.0
@@ -108,6 +112,19 @@ class ScalingConfig:
     """torch intra-op threads in each CPU worker."""
     data_cpus: float = 1.0
     """CPUs left free for Ray Data (reading and masking); refused if the cluster cannot spare them."""
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers < self.num_workers
+
+    @property
+    def fewest_workers(self) -> int:
+        """The worker count the run cannot start without."""
+        return self.min_workers if self.elastic else self.num_workers
+
+    def describe_workers(self) -> str:
+        """'4' or, for an elastic run, '2-8' (the form --num-workers takes)."""
+        return f"{self.min_workers}-{self.num_workers}" if self.elastic else str(self.num_workers)
 
 
 @dataclass
@@ -192,6 +209,23 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             raise UserError(f"override {override!r}: {part!r} is a value, not a section")
         node = child
     node[leaf] = yaml.safe_load(text) if text.strip() else ""
+
+
+WorkerCount = int | tuple[int, int]
+"""--num-workers: a fixed count, or (min, max) for an elastic run."""
+
+
+def apply_scaling_flags(
+    config: JobConfig, num_workers: WorkerCount | None, use_gpu: bool | None
+) -> JobConfig:
+    """The command line's --num-workers and --gpu/--cpu over the recipe's scaling section, validated."""
+    scaling = config.scaling
+    if num_workers is not None:
+        low, high = num_workers if isinstance(num_workers, tuple) else (None, num_workers)
+        scaling = dataclasses.replace(scaling, num_workers=high, min_workers=low)
+    if use_gpu is not None:
+        scaling = dataclasses.replace(scaling, use_gpu=use_gpu)
+    return config_from_dict(dataclasses.replace(config, scaling=scaling).to_dict())
 
 
 def config_from_dict(raw: dict[str, Any]) -> JobConfig:
@@ -293,6 +327,11 @@ def _validate(config: JobConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise UserError(f"{key} must be >= 0, got {value}")
+    if scaling.min_workers is not None and not 1 <= scaling.min_workers <= scaling.num_workers:
+        raise UserError(
+            f"scaling.min_workers must be between 1 and scaling.num_workers={scaling.num_workers}, "
+            f"got {scaling.min_workers}"
+        )
     if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
         raise UserError(f"optim.betas must be two numbers in [0, 1), got {optim.betas}")
     if not checkpoint.run_name or "/" in checkpoint.run_name:

@@ -248,8 +248,9 @@ class MlflowRunFinder:
             return self.run_id
         self._last_try = time.monotonic()
         # A lookup must not hold up the job's logs: no retries, a short timeout.
-        with contextlib.suppress(Exception), _environ(
-            MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"
+        with (
+            contextlib.suppress(Exception),
+            _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"),
         ):
             from mlflow import MlflowClient
 

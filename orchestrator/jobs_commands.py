@@ -5,7 +5,6 @@ own CLI."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 
 from orchestrator.train_commands import add_run_arguments
@@ -57,20 +56,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from orchestrator.config import config_from_dict, load_config
+    from orchestrator.config import apply_scaling_flags, load_config
     from orchestrator.jobs import MlflowRunFinder, connect, follow_logs, local_paths, submit_run
     from orchestrator.resources import plan_batches
     from orchestrator.tracking_params import redact
 
     # Validate everything that can be checked here before anything reaches the cluster.
-    config = load_config(args.config, args.overrides)
-    scaling = dataclasses.replace(
-        config.scaling,
-        num_workers=config.scaling.num_workers if args.num_workers is None else args.num_workers,
-        use_gpu=config.scaling.use_gpu if args.use_gpu is None else args.use_gpu,
+    config = apply_scaling_flags(load_config(args.config, args.overrides), args.num_workers, args.use_gpu)
+    plan_batches(
+        config.train.global_batch_size,
+        config.train.micro_batch_size,
+        config.scaling.num_workers,
+        uneven=config.scaling.elastic,
     )
-    config = config_from_dict(dataclasses.replace(config, scaling=scaling).to_dict())
-    plan_batches(config.train.global_batch_size, config.train.micro_batch_size, config.scaling.num_workers)
     for setting in local_paths(config):
         print(
             f"warning: {setting} is relative: on the cluster it resolves in the head node's home folder, "
@@ -79,7 +77,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
     client = connect(args.address)
     job_id = submit_run(client, config)
-    print(f"Submitted job {job_id}: {config.scaling.num_workers} workers, {config.model.preset} model")
+    print(f"Submitted job {job_id}: {config.scaling.describe_workers()} workers, {config.model.preset} model")
     print(f"Ray dashboard: {client.get_address()}")
     finder = MlflowRunFinder(config)
 
@@ -91,8 +89,10 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"MLflow run: {finder.link()}")
     elif config.mlflow.enabled:
         where = finder.tracking_uri or "the cluster's tracking server"
-        print(f"MLflow: the run appears in experiment {config.mlflow.experiment_name!r} at {redact(where)} "
-              "once training starts")
+        print(
+            f"MLflow: the run appears in experiment {config.mlflow.experiment_name!r} at {redact(where)} "
+            "once training starts"
+        )
     if args.no_wait:
         print(f"Follow it with: bert-pretrain jobs logs {job_id} --follow")
         return 0

@@ -73,7 +73,10 @@ def git_commit() -> str | None:
     """The commit of the checkout this code runs from, when it is one."""
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
             timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -146,8 +149,9 @@ class RunTracker:
         update_run_json(run_dir, **{RUN_ID_KEY: run.info.run_id})
         last_logged_steps = {metric.key: metric.step for metric in run.data.to_proto().metrics}
         tracker = cls(config, tracking_uri, run.info.run_id, resumed, last_logged_steps)
-        logger.info("MLflow run %s (%s) at %s", run.info.run_id, "resumed" if resumed else "new",
-                    redact(tracking_uri))
+        logger.info(
+            "MLflow run %s (%s) at %s", run.info.run_id, "resumed" if resumed else "new", redact(tracking_uri)
+        )
         if config.log_system_metrics:
             tracker._start_system_metrics()
         return tracker
@@ -168,8 +172,9 @@ class RunTracker:
         new = [Param(key, value) for key, value in params.items() if key not in logged]
         for start in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self.run_id, params=new[start : start + MAX_PARAMS_TAGS_PER_BATCH])
-        changed = {f"resumed.{key}": value for key, value in params.items()
-                   if logged.get(key, value) != value}
+        changed = {
+            f"resumed.{key}": value for key, value in params.items() if logged.get(key, value) != value
+        }
         if changed:
             logger.warning("MLflow: this resume changes %s; recorded as tags.", ", ".join(sorted(changed)))
             self.set_tags(changed)

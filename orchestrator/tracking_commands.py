@@ -56,12 +56,20 @@ def run_ui(args: argparse.Namespace) -> int:
             message = f"cannot listen on {args.host}:{args.port} ({error.strerror}); pass another --port"
             raise UserError(message) from error
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", store_uri,
-        "--artifacts-destination", str(artifacts),
-        "--host", args.host,
-        "--port", str(args.port),
-        "--workers", "1",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
     ]
     # The server's job runner serves GenAI features this project does not use; it would start seven processes.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

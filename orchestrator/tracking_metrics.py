@@ -66,7 +66,8 @@ class MetricsSender:
                     if not self._dropped:
                         logger.warning(
                             "MLflow metrics buffer is full (%d); dropping the oldest until the tracking "
-                            "server answers.", self._buffer.maxlen,
+                            "server answers.",
+                            self._buffer.maxlen,
                         )
                     self._dropped += 1
                 self._buffer.append(metric)
@@ -123,7 +124,9 @@ class MetricsSender:
                         unreachable_since = time.monotonic()
                         logger.warning(
                             "MLflow tracking server is not answering (%s); training goes on and metrics are "
-                            "kept (up to %d) until it answers again.", error, self._buffer.maxlen,
+                            "kept (up to %d) until it answers again.",
+                            error,
+                            self._buffer.maxlen,
                         )
                 with self._wake:
                     if self._abandoned:

@@ -45,13 +45,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help=CONFIG_HELP)
     parser.add_argument(
         "--num-workers",
-        type=int,
-        help="Ray Train workers (one GPU each with --gpu); the global batch stays, each share changes",
+        type=parse_worker_count,
+        metavar="N|MIN-MAX",
+        help="Ray Train workers (one GPU each with --gpu); MIN-MAX for elastic training, where Ray Train "
+        "uses as many as fit and regroups as nodes come and go. The global batch stays; each share changes",
     )
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
     device.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
     add_set_argument(parser)
+
+
+def parse_worker_count(text: str) -> int | tuple[int, int]:
+    """'4' -> 4; '2-8' -> (2, 8). The argparse type of --num-workers."""
+    low, dash, high = text.partition("-")
+    try:
+        return (int(low), int(high)) if dash else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX (e.g. 4 or 2-8), got {text!r}") from None
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data import make_collate_fn
+from data import ExactBatches, PadAndCollate, make_collate_fn
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining, compile_model
 from orchestrator.checkpointing import (
     TrainState,
@@ -48,7 +48,7 @@ from orchestrator.checkpointing import (
 )
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.optim import build_optimizer, build_scheduler
-from orchestrator.resources import BatchPlan
+from orchestrator.resources import BatchPlan, plan_batches
 
 EVAL_DATASET = "eval"
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
@@ -96,7 +96,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         compile_model(model)
 
     collate_fn = make_collate_fn(job.masking, plan.max_seq_length, plan.pad_token_id)
-    step_batches = iterate_step_batches(plan, state, collate_fn, device)
+    # Ray Train may start an elastic run with fewer workers than planned: split for the actual count.
+    batch = plan_batches(job.train.global_batch_size, job.train.micro_batch_size, world_size, uneven=True)
+    step_batches = iterate_step_batches(plan, batch, state, rank, collate_fn, device)
     window = MetricsWindow(device)
     while state.step < plan.total_steps:
         micro_batches = next(step_batches)
@@ -143,24 +145,25 @@ def restore_state(
 
 
 def iterate_step_batches(
-    plan: RunPlan, state: TrainState, collate_fn, device: torch.device
+    plan: RunPlan,
+    batch: BatchPlan,
+    state: TrainState,
+    rank: int,
+    collate: PadAndCollate,
+    device: torch.device,
 ) -> Iterator[list[dict[str, torch.Tensor]]]:
     """This worker's micro-batches, one list per optimizer step, from the saved position onwards."""
-    accumulation, micro_batch_size = plan.batch.accumulation_steps, plan.batch.micro_batch_size
     epoch, step_in_epoch = state.data_epoch, state.data_step_in_epoch
     while True:
         shard = ray.train.get_dataset_shard(train_dataset_name(epoch))  # a barrier: all ranks move together
-        batches = _micro_batches(shard, micro_batch_size, collate_fn)
-        with contextlib.closing(batches):  # stops the epoch's prefetching when its tail is left unread
-            for _ in range(step_in_epoch * accumulation):  # resume inside an epoch: skip what was consumed
-                next(batches)
-            for _ in range(step_in_epoch, plan.steps_per_epoch):
-                yield [_to_device(next(batches), device) for _ in range(accumulation)]
+        rows = ExactBatches(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+        with contextlib.closing(rows):  # stops the epoch's prefetching when its tail is left unread
+            for step in range(step_in_epoch):  # resume inside an epoch: skip what was consumed
+                rows.take(batch.worker_batch_size(rank, step))
+            for step in range(step_in_epoch, plan.steps_per_epoch):
+                sizes = batch.micro_batch_sizes(rank, step)
+                yield [_to_device(collate.collate_table(rows.take(size)), device) for size in sizes]
         epoch, step_in_epoch = epoch + 1, 0
-
-
-def _micro_batches(shard, micro_batch_size: int, collate_fn) -> Iterator[dict[str, torch.Tensor]]:
-    yield from shard.iter_torch_batches(batch_size=micro_batch_size, collate_fn=collate_fn, drop_last=True)
 
 
 def inject_failure_if_due(job: JobConfig, state: TrainState, rank: int, world_size: int) -> None:

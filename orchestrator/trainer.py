@@ -28,8 +28,8 @@ from data.manifest import MANIFEST_FILE
 from data.readers import BUILTIN_CORPUS_WORD  # the embedded default; data resolves it
 from orchestrator.checkpointing import MODEL_CONFIG_FILE, export_final
 from orchestrator.cli import UserError
-from orchestrator.config import JobConfig, config_from_dict
-from orchestrator.resources import check_resources, plan_batches
+from orchestrator.config import JobConfig, WorkerCount, apply_scaling_flags, config_from_dict
+from orchestrator.resources import check_resources, plan_batches, ray_worker_count
 from orchestrator.run_dir import update_run_json
 from orchestrator.tracking import RunTracker, ray_job_tags
 from orchestrator.train_loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
@@ -47,16 +47,12 @@ class TrainingResult:
 
 def resolve_job(
     job: JobConfig,
-    num_workers: int | None = None,
+    num_workers: WorkerCount | None = None,
     use_gpu: bool | None = None,
     init_from: str | None = None,
 ) -> JobConfig:
     """Apply the command-line flags and make local paths absolute (the workers run in other folders)."""
-    scaling = dataclasses.replace(
-        job.scaling,
-        num_workers=job.scaling.num_workers if num_workers is None else num_workers,
-        use_gpu=job.scaling.use_gpu if use_gpu is None else use_gpu,
-    )
+    job = apply_scaling_flags(job, num_workers, use_gpu)
     checkpoint = dataclasses.replace(
         job.checkpoint,
         storage_path=_absolute(job.checkpoint.storage_path),
@@ -69,7 +65,7 @@ def resolve_job(
         tokenizer_dir=_absolute(job.data.tokenizer_dir),
         prepared_dir=_absolute(job.data.prepared_dir),
     )
-    resolved = dataclasses.replace(job, scaling=scaling, checkpoint=checkpoint, data=data_paths)
+    resolved = dataclasses.replace(job, checkpoint=checkpoint, data=data_paths)
     return config_from_dict(resolved.to_dict())  # validate again: the flags may be out of range
 
 
@@ -77,7 +73,10 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     """Run (or resume) the training run of a resolved job config; return where the final model is."""
     init_ray()
     plan_batch = plan_batches(
-        job.train.global_batch_size, job.train.micro_batch_size, job.scaling.num_workers
+        job.train.global_batch_size,
+        job.train.micro_batch_size,
+        job.scaling.num_workers,
+        uneven=job.scaling.elastic,
     )
     check_resources(job.scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
     _check_init_from(job.checkpoint.init_from)
@@ -150,7 +149,14 @@ def ensure_prepared_data(job: JobConfig) -> data.Manifest:
 def plan_run(job: JobConfig, manifest: data.Manifest, batch) -> RunPlan:
     """Steps, epochs and sizes from the config and the prepared data."""
     train_examples = manifest.counts["examples"]["train"]
-    steps_per_epoch = train_examples // job.train.global_batch_size
+    # Ray Train splits an epoch into equal shards, dropping up to (workers - 1) examples. With uneven shares
+    # (an elastic run) a rank may need one of those in the last step: plan the epoch without them.
+    scaling = job.scaling
+    uneven = any(
+        job.train.global_batch_size % n for n in range(scaling.fewest_workers, scaling.num_workers + 1)
+    )
+    usable = train_examples - (scaling.num_workers - 1 if uneven else 0)
+    steps_per_epoch = usable // job.train.global_batch_size
     if steps_per_epoch == 0:
         raise UserError(
             f"the prepared data has {train_examples} training examples, fewer than one global batch "
@@ -192,7 +198,7 @@ def build_trainer(job: JobConfig, plan: RunPlan, callbacks: Sequence[ray.train.U
         train_worker,
         train_loop_config={"job": job.to_dict(), "plan": plan.to_dict()},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers,
+            num_workers=ray_worker_count(scaling, ray.cluster_resources()),
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
         ),
@@ -221,7 +227,7 @@ def _run_tags(job: JobConfig, manifest: data.Manifest) -> dict[str, str]:
     return {
         **ray_job_tags(),
         "model_preset": job.model.preset,
-        "num_workers": str(job.scaling.num_workers),
+        "num_workers": job.scaling.describe_workers(),
         "cluster_resources": json.dumps(ray.cluster_resources()),
         "tokenizer_hash": manifest.tokenizer_hash,
         "data_manifest_hash": _manifest_hash(job.data.prepared_dir),

@@ -14,6 +14,7 @@ import pytest
 
 from data import (
     DataError,
+    ExactBatches,
     MaskingConfig,
     build_train_dataset,
     check_tokenizer,
@@ -146,6 +147,31 @@ def test_stream_rows_and_torch_batches(prepared_dir, examples, vocab):
     assert (batch["input_ids"][padding] == 0).all() and (batch["mlm_labels"][padding] == IGNORE_INDEX).all()
     full = make_collate_fn(MaskingConfig(pad_to="max_length"), 64)
     assert next(iter(dataset.iter_torch_batches(batch_size=4, collate_fn=full)))["input_ids"].shape == (4, 64)
+
+
+def test_a_shard_is_cut_into_exact_batches_that_pad_like_the_collate_fn(prepared_dir):
+    import torch
+
+    dataset = build_train_dataset(prepared_dir, seed=1).repartition(5)
+    tables = list(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert len(tables) > 1
+    rows = ExactBatches(iter(tables))
+    sizes = [3, 1, tables[0].num_rows, 7]  # cuts across block boundaries
+    cuts = [rows.take(size) for size in sizes]
+    assert [cut.num_rows for cut in cuts] == sizes
+    taken = pa.concat_tables(cuts).column("example_id").to_pylist()
+    assert taken == pa.concat_tables(tables).column("example_id").to_pylist()[: sum(sizes)]
+    collate = make_collate_fn(MaskingConfig(), 64)
+    for cut in cuts:
+        from_table = collate.collate_table(cut)
+        from_numpy = collate(
+            {name: cut.column(name).to_numpy(zero_copy_only=False) for name in cut.column_names}
+        )
+        assert from_table.keys() == from_numpy.keys()
+        assert all(torch.equal(from_table[name], from_numpy[name]) for name in from_table)
+    remaining = sum(table.num_rows for table in tables) - sum(sizes)
+    with pytest.raises(DataError, match="ended 1 rows short"):
+        rows.take(remaining + 1)
 
 
 def _row_key(row):

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
 from orchestrator.cli import UserError, main
-from orchestrator.config import RECIPES_DIR, JobConfig, config_from_dict, load_config
+from orchestrator.config import (
+    RECIPES_DIR,
+    JobConfig,
+    ScalingConfig,
+    apply_scaling_flags,
+    config_from_dict,
+    load_config,
+)
 
 RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
@@ -60,6 +69,7 @@ def test_a_recipe_path_works_as_well_as_a_name(tmp_path):
         ("model.preset=huge", "model.preset: 'huge' is not one of tiny, mini, small, medium, base, large"),
         ("train.max_tokens=1000", "set exactly one of max_steps and max_tokens"),
         ("scaling.num_workers=0", "scaling.num_workers must be positive"),
+        ("scaling.min_workers=3", "scaling.min_workers must be between 1 and scaling.num_workers=2, got 3"),
         ("masking.mlm_probability=1.5", "mlm_probability is 1.5"),
         ("data.prepare.objective=mlm", "set model.use_nsp: false"),
         ("data.tokenizer.vocab_size=big", "data.tokenizer.vocab_size: expected int"),
@@ -70,6 +80,25 @@ def test_bad_settings_are_refused_naming_the_key_and_choices(override, expected)
     with pytest.raises(UserError) as error:
         load_config("debug", [override])
     assert expected in str(error.value)
+
+
+def test_num_workers_takes_a_count_or_an_elastic_range(capsys):
+    debug = load_config("debug")
+    fixed = apply_scaling_flags(dataclasses.replace(debug, scaling=ScalingConfig(min_workers=2)), 4, None)
+    assert (fixed.scaling.min_workers, fixed.scaling.num_workers, fixed.scaling.elastic) == (None, 4, False)
+    elastic = apply_scaling_flags(debug, (2, 8), True)
+    assert (elastic.scaling.fewest_workers, elastic.scaling.num_workers, elastic.scaling.use_gpu) == (
+        2,
+        8,
+        True,
+    )
+    assert elastic.scaling.describe_workers() == "2-8"
+    with pytest.raises(UserError, match="scaling.min_workers must be between 1 and scaling.num_workers=2"):
+        apply_scaling_flags(debug, (8, 2), None)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--config", "debug", "--num-workers", "two"])
+    assert exit_.value.code == 2
+    assert "expected N or MIN-MAX (e.g. 4 or 2-8), got 'two'" in capsys.readouterr().err
 
 
 def test_unknown_recipe_lists_the_recipes():

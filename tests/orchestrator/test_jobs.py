@@ -51,15 +51,32 @@ class LocalCluster:
         }
         self.env.pop("RAY_ADDRESS", None)
         self._ray_start(
-            "--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(dashboard_port), "--num-cpus", "2", "--temp-dir", self.temp_dir,
+            "--head",
+            "--port",
+            str(self.port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            self.temp_dir,
         )
         self._ray_start("--address", f"127.0.0.1:{self.port}", "--num-cpus", "1")
 
     def _ray_start(self, *args: str) -> None:
         command = [
-            RAY, "start", "--node-ip-address", "127.0.0.1", "--ray-client-server-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args,
+            RAY,
+            "start",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--ray-client-server-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--disable-usage-stats",
+            *args,
         ]
         subprocess.run(
             command, env=self.env, check=True, timeout=CLUSTER_START_TIMEOUT_S, capture_output=True
@@ -166,53 +183,44 @@ def test_a_missing_or_wrong_token_is_a_clear_error(cluster, tmp_path):
     assert cluster.token not in missing.stderr + wrong.stderr + missing.stdout + wrong.stdout
 
 
-def test_a_submitted_debug_run_succeeds_with_its_metrics_in_mlflow(cluster, shared):
-    done = cluster.cli(*submit_args(shared, "jobs-debug"))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Submitted job jobs-debug" in done.stdout
-    assert "Job jobs-debug SUCCEEDED" in done.stdout
+def test_a_stopped_run_keeps_its_checkpoints_and_resumes_to_success_when_submitted_again(cluster, shared):
+    run_dir = shared["root"] / "runs" / "jobs-debug"
+    sets = ("train.max_steps=100000", "checkpoint.every=10", "train.eval_every=0")
+    done = cluster.cli(*submit_args(shared, "jobs-debug", *sets), "--no-wait", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Submitted job jobs-debug: 2 workers, tiny model" in done.stdout
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not list(run_dir.glob("checkpoint_*/train_state.json")):
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(2)
+
+    stopped = cluster.cli("jobs", "stop", "jobs-debug", timeout=300)
+    assert "Job jobs-debug STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+    checkpoints = sorted(run_dir.glob("checkpoint_*/train_state.json"))
+    assert checkpoints, "the checkpoints were removed"
+    last_step = json.loads(checkpoints[-1].read_text())["step"]
     client, run = mlflow_run(shared, "jobs-debug")
-    assert f"MLflow run: run {run.info.run_id}" in done.stdout
+    first_run_id, status_after_stop = run.info.run_id, run.info.status
+    # `ray job stop` sends SIGTERM; the driver ends its MLflow run KILLED before it exits.
+    assert status_after_stop == "KILLED"
+
+    # Submitted again under the same name and followed to the end: the same MLflow run, continued from the
+    # last checkpoint.
+    again = cluster.cli(*submit_args(shared, "jobs-debug", f"train.max_steps={last_step + 10}", *sets[1:]))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Job jobs-debug SUCCEEDED" in again.stdout
+    assert f"Trained {last_step + 10} steps" in again.stdout
+    assert f"MLflow run: run {first_run_id}" in again.stdout
+    client, run = mlflow_run(shared, "jobs-debug")
+    assert run.info.run_id == first_run_id
     assert run.info.status == "FINISHED"
     assert run.data.tags["ray_submission_id"] == "jobs-debug"
-    losses = client.get_metric_history(run.info.run_id, "loss")
-    assert [metric.step for metric in losses] == list(range(5, 61, 5))  # log_every 5, max_steps 60
+    steps = [metric.step for metric in client.get_metric_history(first_run_id, "loss")]
+    assert steps == list(range(5, last_step + 11, 5))  # log_every 5; every step once across the two jobs
 
     status = cluster.cli("jobs", "status", "jobs-debug", timeout=120)
     assert status.stdout.startswith("jobs-debug: SUCCEEDED"), status.stdout + status.stderr
     listing = cluster.cli("jobs", "list", timeout=120)
     assert any(line.split()[:2] == ["jobs-debug", "SUCCEEDED"] for line in listing.stdout.splitlines())
     logs = cluster.cli("jobs", "logs", "jobs-debug", timeout=120)
-    assert "Trained 60 steps" in logs.stdout
-
-
-def test_a_stopped_run_keeps_its_checkpoints_and_resumes_when_submitted_again(cluster, shared):
-    run_dir = shared["root"] / "runs" / "jobs-stop"
-    sets = ("train.max_steps=100000", "checkpoint.every=10", "train.eval_every=0")
-    done = cluster.cli(*submit_args(shared, "jobs-stop", *sets), "--no-wait", timeout=120)
-    assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not list(run_dir.glob("checkpoint_*/train_state.json")):
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(2)
-
-    stopped = cluster.cli("jobs", "stop", "jobs-stop", timeout=300)
-    assert "Job jobs-stop STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
-    checkpoints = sorted(run_dir.glob("checkpoint_*/train_state.json"))
-    assert checkpoints, "the checkpoints were removed"
-    last_step = json.loads(checkpoints[-1].read_text())["step"]
-    client, run = mlflow_run(shared, "jobs-stop")
-    first_run_id, status_after_stop = run.info.run_id, run.info.status
-
-    # Submitted again under the same name: the same MLflow run, continued from the last checkpoint.
-    again = cluster.cli(*submit_args(shared, "jobs-stop", f"train.max_steps={last_step + 10}", *sets[1:]))
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "Job jobs-stop SUCCEEDED" in again.stdout
-    assert f"Trained {last_step + 10} steps" in again.stdout
-    client, run = mlflow_run(shared, "jobs-stop")
-    assert run.info.run_id == first_run_id
-    assert run.info.status == "FINISHED"
-    steps = [metric.step for metric in client.get_metric_history(first_run_id, "loss")]
-    assert steps == sorted(set(steps)) and steps[-1] == last_step + 10
-    # `ray job stop` sends SIGTERM; the driver ends its MLflow run KILLED before it exits.
-    assert status_after_stop == "KILLED"
+    assert f"Trained {last_step + 10} steps" in logs.stdout

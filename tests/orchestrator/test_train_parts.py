@@ -19,7 +19,7 @@ from orchestrator.checkpointing import (
 from orchestrator.cli import UserError
 from orchestrator.config import OptimConfig, ScalingConfig
 from orchestrator.optim import Lamb, build_optimizer, build_scheduler, lr_multiplier, parameter_groups
-from orchestrator.resources import check_resources, plan_batches
+from orchestrator.resources import check_resources, plan_batches, ray_worker_count
 
 
 def tiny_model(seed: int = 0, vocab_size: int = 99) -> BertForPreTraining:
@@ -50,6 +50,34 @@ def test_the_global_batch_is_split_over_workers_and_micro_steps(global_batch, mi
     assert plan.micro_batch_size * plan.accumulation_steps * workers == global_batch
 
 
+@pytest.mark.parametrize(
+    ("global_batch", "micro", "workers"), [(16, 8, 3), (256, 32, 5), (10, 2, 4), (7, 7, 7)]
+)
+def test_an_elastic_worker_count_takes_turns_with_the_leftover_examples(global_batch, micro, workers):
+    plan = plan_batches(global_batch, micro, workers, uneven=True)
+    totals = [0] * workers
+    for step in range(2 * workers):
+        shares = [plan.worker_batch_size(rank, step) for rank in range(workers)]
+        assert sum(shares) == global_batch and max(shares) - min(shares) <= 1
+        for rank, share in enumerate(shares):
+            sizes = plan.micro_batch_sizes(rank, step)
+            assert len(sizes) == plan.accumulation_steps and sum(sizes) == share
+            assert min(sizes) >= 1 and max(sizes) <= plan.micro_batch_size <= micro
+            totals[rank] += share
+    assert totals == [2 * global_batch] * workers  # over num_workers steps every rank reads the same
+
+
+def test_an_elastic_cpu_run_leaves_room_for_ray_data():
+    def elastic(cpus_per_worker: float, use_gpu: bool = False) -> ScalingConfig:
+        return ScalingConfig(3, min_workers=2, cpus_per_worker=cpus_per_worker, data_cpus=1, use_gpu=use_gpu)
+
+    cluster = {"CPU": 2.0}
+    assert ray_worker_count(ScalingConfig(num_workers=2), cluster) == 2
+    assert ray_worker_count(elastic(0.25), cluster) == (2, 3)
+    assert ray_worker_count(elastic(0.5), cluster) == 2  # a third worker would take Ray Data's last CPU
+    assert ray_worker_count(elastic(0.5, use_gpu=True), cluster) == (2, 3)  # GPUs bound a GPU run
+
+
 def test_a_worker_count_that_does_not_divide_the_batch_is_refused_with_the_counts_that_do():
     with pytest.raises(UserError, match="3 workers do not divide train.global_batch_size=32") as error:
         plan_batches(32, 16, 3)
@@ -58,6 +86,8 @@ def test_a_worker_count_that_does_not_divide_the_batch_is_refused_with_the_count
 
 def test_resources_that_can_never_be_met_are_named():
     node = {"CPU": 2.0}
+    elastic = ScalingConfig(num_workers=8, min_workers=2, cpus_per_worker=0.5, data_cpus=1)
+    check_resources(elastic, {"CPU": 2.0}, [node])  # the fewest workers fit; Ray Train adds more as they fit
     check_resources(ScalingConfig(num_workers=2, cpus_per_worker=0.5, data_cpus=1), {"CPU": 2.0}, [node])
     with pytest.raises(UserError, match=r"missing 3 CPU \(the cluster has 2\)"):
         check_resources(ScalingConfig(num_workers=2, cpus_per_worker=1, data_cpus=1), {"CPU": 2.0}, [node])

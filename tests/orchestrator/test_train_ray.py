@@ -1,6 +1,7 @@
-"""Training on real Ray Train (a local 2-CPU Ray, gloo DDP): equal weights on every rank, falling loss,
-recovery from a failed worker, resume of a restarted run with another worker count, exact batch splitting,
-and runs refused before they start. Each `fit` costs about half a minute here, so the fits are shared."""
+"""Training on real Ray Train (a local 2-CPU Ray, gloo DDP): an elastic run's workers hold equal weights
+and its loss falls, it recovers from a failed worker, a restart resumes with another worker count, and the
+whole run is one MLflow run; runs refused before they start. Each `fit` costs about
+half a minute here, so the fits are shared."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 
+from model import BertForPreTraining
 from orchestrator.checkpointing import read_train_state
 from orchestrator.cli import UserError
 from orchestrator.run_dir import read_run_json
@@ -22,24 +28,47 @@ FIRST_STEPS, FAIL_AT, RESUMED_STEPS = 8, 5, 12
 
 
 @pytest.fixture(scope="module")
-def two_worker_run(tmp_path_factory, prepared_corpus):
-    """2 workers for 8 steps; rank 1 fails at step 5, after the checkpoint of step 4."""
-    root = tmp_path_factory.mktemp("two_workers")
+def first_run(tmp_path_factory, prepared_corpus):
+    """An elastic run of 2-3 workers for 8 steps (the 2-CPU Ray fits 3 of a quarter CPU, and 16 examples
+    split 6/5/5); rank 1 fails at step 5, after the checkpoint of step 4. Recorded in SQLite MLflow."""
+    root = tmp_path_factory.mktemp("elastic")
+    mlflow = {"enabled": True, "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
     job = make_job(
         root,
         prepared_corpus["data"],
+        num_workers=(2, 3),
+        scaling={"cpus_per_worker": 0.25},
         train={"max_steps": FIRST_STEPS, "fail_at_step": FAIL_AT, "eval_every": 4},
         checkpoint={"every": 4, "max_failures": 1},
+        mlflow=mlflow,
     )
     result = train(job, callbacks=[ReportRecorder(root / "reports.jsonl")])
-    return {"root": root, "job": job, "result": result, "reports": read_reports(root / "reports.jsonl")}
+    reports = read_reports(root / "reports.jsonl")
+    return {"root": root, "mlflow": mlflow, "job": job, "result": result, "reports": reports}
 
 
-def test_two_cpu_workers_hold_the_same_weights_and_the_loss_falls(two_worker_run):
-    reports = two_worker_run["reports"]
+@pytest.fixture(scope="module")
+def resumed_run(first_run, prepared_corpus):
+    """The same run started again with 1 worker (so 2 accumulation steps), up to step 12."""
+    root = first_run["root"]
+    job = make_job(
+        root,
+        prepared_corpus["data"],
+        num_workers=1,
+        train={"max_steps": RESUMED_STEPS},
+        checkpoint={"every": 4},
+        mlflow=first_run["mlflow"],
+    )
+    result = train(job, callbacks=[ReportRecorder(root / "resumed.jsonl")])
+    return {"job": job, "result": result, "reports": read_reports(root / "resumed.jsonl")}
+
+
+def test_an_elastic_run_gets_three_workers_that_hold_the_same_weights_and_the_loss_falls(first_run):
+    reports = first_run["reports"]
     for report in reports:
-        rank0, rank1 = report["metrics"]
-        assert rank0["param_norm"] == rank1["param_norm"], f"ranks differ at step {rank0['step']}"
+        assert len(report["metrics"]) == 3, "Ray Train should have started the most workers that fit"
+        rank0, *others = report["metrics"]
+        assert all(rank["param_norm"] == rank0["param_norm"] for rank in others), f"step {rank0['step']}"
     losses = [report["metrics"][0]["loss"] for report in reports]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses
     evaluations = [r["metrics"][0] for r in reports if "eval_mlm_loss" in r["metrics"][0]]
@@ -48,40 +77,30 @@ def test_two_cpu_workers_hold_the_same_weights_and_the_loss_falls(two_worker_run
     assert 0 <= evaluations[-1]["eval_mlm_accuracy"] <= 1 and evaluations[-1]["eval_perplexity"] > 1
 
 
-def test_a_failed_worker_resumes_from_the_last_checkpoint_and_counts_no_step_twice(two_worker_run):
-    result, reports = two_worker_run["result"], two_worker_run["reports"]
+def test_a_failed_worker_resumes_from_the_last_checkpoint_and_counts_no_step_twice(first_run):
+    result, reports = first_run["result"], first_run["reports"]
     # Steps 1-4 before the failure at step 5; the restart restores step 4's checkpoint and reports 5-8.
     assert [r["metrics"][0]["step"] for r in reports] == list(range(1, FIRST_STEPS + 1))
     assert result.steps == FIRST_STEPS
     final_state = read_train_state(Path(reports[-1]["checkpoint"]))
     assert final_state["consumed_samples"] == FIRST_STEPS * GLOBAL_BATCH
     assert final_state["config"]["train"]["max_steps"] == FIRST_STEPS
+    assert final_state["world_size"] == 3
     checkpoints = sorted(p.name for p in result.run_dir.glob("checkpoint_0*"))
     assert checkpoints == ["checkpoint_000000004", "checkpoint_000000008"]
     exported = {p.name for p in result.final_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= exported
 
 
-def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_batch(
-    two_worker_run, prepared_corpus
-):
-    root, first = two_worker_run["root"], two_worker_run["reports"]
-    job = make_job(
-        root,
-        prepared_corpus["data"],
-        num_workers=1,
-        train={"max_steps": RESUMED_STEPS},
-        checkpoint={"every": 4},
-    )
-    result = train(job, callbacks=[ReportRecorder(root / "resumed.jsonl")])
-    reports = read_reports(root / "resumed.jsonl")
+def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_batch(first_run, resumed_run):
+    first, reports, job = first_run["reports"], resumed_run["reports"], resumed_run["job"]
     assert [r["metrics"][0]["step"] for r in reports] == list(range(FIRST_STEPS + 1, RESUMED_STEPS + 1))
     assert all(len(r["metrics"]) == 1 for r in reports)  # one worker now
     assert reports[0]["metrics"][0]["loss"] < first[0]["metrics"][0]["loss"] - 0.5  # trained weights, not new
     final_state = read_train_state(Path(reports[-1]["checkpoint"]))
     assert (final_state["step"], final_state["consumed_samples"]) == (12, RESUMED_STEPS * GLOBAL_BATCH)
     assert final_state["world_size"] == 1
-    run_json = read_run_json(result.run_dir)
+    run_json = read_run_json(resumed_run["result"].run_dir)
     assert run_json["config"] == json.loads(json.dumps(job.to_dict()))  # the resolved config of this start
     batch = run_json["plan"]["batch"]
     assert (batch["global_batch_size"], batch["num_workers"], batch["accumulation_steps"]) == (
@@ -91,30 +110,36 @@ def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_
     )
 
 
-def run_exact_batch(root: Path, prepared_corpus: dict, num_workers: int) -> list[dict]:
-    """3 steps whose global batch is the whole training set, so each step sees every example."""
-    examples = prepared_corpus["train_examples"]
-    job = make_job(
-        root,
-        prepared_corpus["data"],
-        num_workers=num_workers,
-        model={"dropout": 0.0},
-        train={"global_batch_size": examples, "micro_batch_size": examples // 2, "max_steps": 3},
-        checkpoint={"run_name": f"exact-{num_workers}"},
+def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(first_run, resumed_run, tmp_path):
+    tracking_uri = first_run["mlflow"]["tracking_uri"]
+    run_id = read_run_json(resumed_run["result"].run_dir)["mlflow_run_id"]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bert-pretrain").experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.params["model.preset"] == "tiny"
+    assert run.data.params["train.global_batch_size"] == str(GLOBAL_BATCH)
+    # Every step once, with rank 0's value: the failure replays steps 5-8 from step 4's checkpoint, the
+    # restart continues at step 9.
+    reported = {
+        r["metrics"][0]["step"]: r["metrics"][0]["loss"]
+        for r in first_run["reports"] + resumed_run["reports"]
+    }
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(metric.step for metric in history) == list(range(1, RESUMED_STEPS + 1))
+    assert all(metric.value == pytest.approx(reported[metric.step]) for metric in history)
+    assert run.data.tags["checkpoint_uri"].endswith(f"checkpoint_{RESUMED_STEPS:09d}")
+
+    downloaded = Path(
+        download_artifacts(
+            run_id=run_id, tracking_uri=tracking_uri, artifact_path="", dst_path=str(tmp_path / "downloaded")
+        )
     )
-    train(job, callbacks=[ReportRecorder(root / f"exact-{num_workers}.jsonl")])
-    return [r["metrics"][0] for r in read_reports(root / f"exact-{num_workers}.jsonl")]
-
-
-def test_one_worker_accumulating_two_equals_two_workers(tmp_path, prepared_corpus):
-    assert prepared_corpus["train_examples"] % 2 == 0, "the test corpus must give an even number of examples"
-    one = run_exact_batch(tmp_path, prepared_corpus, num_workers=1)  # micro-batch of half, 2 accumulations
-    two = run_exact_batch(tmp_path, prepared_corpus, num_workers=2)  # micro-batch of half on each worker
-    assert [m["step"] for m in one] == [m["step"] for m in two] == [1, 2, 3]
-    for a, b in zip(one, two, strict=True):
-        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm", "param_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
-        assert a["mlm_accuracy"] == b["mlm_accuracy"]
+    assert json.loads((downloaded / "resolved_config.json").read_text())["model"]["preset"] == "tiny"
+    assert (downloaded / "data_manifest" / "manifest.json").exists()
+    ours = BertForPreTraining.from_hf(downloaded / "model").eval()
+    theirs = transformers.BertForPreTraining.from_pretrained(downloaded / "model").eval()
+    input_ids = torch.randint(0, 100, (2, 16))
+    torch.testing.assert_close(ours.bert(input_ids)[0], theirs.bert(input_ids).last_hidden_state)
 
 
 @pytest.mark.parametrize(
