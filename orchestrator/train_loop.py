@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -81,6 +83,7 @@ class RunPlan:
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`: `loop_config` holds the resolved job config and the run plan."""
     job, plan = config_from_dict(loop_config["job"]), RunPlan.from_dict(loop_config["plan"])
+    quiet_ray_train_reports()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -318,6 +321,9 @@ def report_if_due(
         metrics.update(window.read(), param_norm=_param_norm(model))
     if eval_due:
         metrics.update(evaluate(model, plan, collate_fn, device))
+    if rank == 0:  # not print(): Ray Train patches it to log each line twice
+        sys.stdout.write(progress_line(metrics, plan.total_steps) + "\n")
+        sys.stdout.flush()
     if not checkpoint_due:
         ray.train.report(metrics)
         return
@@ -328,6 +334,29 @@ def report_if_due(
             save_checkpoint(Path(directory), model, optimizer, scheduler, state, rng_states, job.to_dict())
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:09d}")
+
+
+def progress_line(metrics: dict[str, Any], total_steps: int) -> str:
+    """One short line for the console (the full metrics go to MLflow)."""
+    parts = [f"step {metrics['step']}/{total_steps}"]
+    if "loss" in metrics:
+        parts.append(
+            f"loss {metrics['loss']:.4f}  mlm_acc {metrics['mlm_accuracy']:.3f}  "
+            f"nsp_acc {metrics['nsp_accuracy']:.3f}  lr {metrics['learning_rate']:.2e}  "
+            f"{metrics['tokens_per_s']:,.0f} tok/s"
+        )
+    if "eval_mlm_loss" in metrics:
+        parts.append(
+            f"eval_mlm_loss {metrics['eval_mlm_loss']:.4f}  eval_ppl {metrics['eval_perplexity']:.1f}"
+        )
+    return "  |  ".join(parts)
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every report of every rank at INFO, a long line each; `progress_line` says it once."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def evaluate(model: BertForPreTraining, plan: RunPlan, collate_fn, device: torch.device) -> dict[str, float]:
