@@ -7,6 +7,8 @@ torch thread per worker, the same global batch, reading the same prepared data t
 Tokens are non-padding tokens. For the runs, tokens/s is the steady state the workers report (every logging
 window after the first, which holds the start-up); the whole `fit` wall time, start-up included, is printed
 beside it. Targets: 1 worker >= 0.9x the bare loop; 2 workers >= 1.6x 1 worker (80% scaling efficiency).
+Two references bound the 2-worker figure on this machine: two bare loops at once on half batches (no
+communication: what the cores allow) and the same two as plain DDP processes (gloo, no Ray).
 
     .venv/bin/python benchmarks/train_throughput.py [--preset mini] [--seq 128] [--batch 32] [--steps 24]
 """
@@ -17,6 +19,7 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
+import socket
 import statistics
 import tempfile
 import time
@@ -25,6 +28,8 @@ from pathlib import Path
 import ray
 import ray.train
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from data import build_train_dataset, make_collate_fn
 from model import BertConfig, BertForPreTraining
@@ -90,32 +95,57 @@ def collect_batches(root: Path, args: argparse.Namespace) -> list[dict[str, torc
     return batches
 
 
-def bare_loop_tokens_per_s(preset: str, vocab_size: int, batches: list[dict], skip: int) -> float:
-    """The model alone: forward, backward, AdamW on batches collated beforehand, one thread."""
+def bare_loop_tokens_per_s(
+    preset: str,
+    vocab_size: int,
+    batches: list[dict],
+    skip: int,
+    ddp_address: str | None = None,
+    rank: int = 0,
+) -> float:
+    """The model alone: forward, backward, AdamW on batches collated beforehand, one thread; with
+    `ddp_address`, rank `rank` of 2 plain DDP processes (gloo)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = BertForPreTraining(BertConfig.from_preset(preset, vocab_size=vocab_size))
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
+    step_model = model
+    if ddp_address:
+        dist.init_process_group("gloo", init_method=ddp_address, rank=rank, world_size=2)
+        step_model = DistributedDataParallel(model)
     inputs = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
     times, tokens = [], []
     for batch in batches:
         started = time.perf_counter()
-        model(**{k: batch[k] for k in inputs}).loss.backward()
+        step_model(**{k: batch[k] for k in inputs}).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - started)
         tokens.append(int(batch["attention_mask"].sum()))
+    if ddp_address:
+        dist.destroy_process_group()
     return sum(tokens[skip:]) / sum(times[skip:])  # the same warm-up share the runs leave out
 
 
-def two_bare_loops_tokens_per_s(preset: str, vocab_size: int, batches: list[dict], skip: int) -> float:
-    """Two bare loops at once in two processes, each on half of every batch, no communication: what two
-    one-thread workers could reach on this machine at best (shared cores, caches and memory bandwidth)."""
+def two_loops_tokens_per_s(preset: str, vocab_size: int, batches: list[dict], skip: int, ddp: bool) -> float:
+    """Two loops at once in two processes, each on half of every batch. Without DDP (no communication):
+    what two one-thread workers could reach on this machine at best (shared cores, caches, memory bandwidth).
+    With DDP (gloo, no Ray): what the same two workers reach without Ray around them."""
     halves = [[{k: v[part::2] for k, v in batch.items()} for batch in batches] for part in (0, 1)]
+    address = f"tcp://127.0.0.1:{_free_port()}" if ddp else None
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
-        runs = [pool.submit(bare_loop_tokens_per_s, preset, vocab_size, half, skip) for half in halves]
+        runs = [
+            pool.submit(bare_loop_tokens_per_s, preset, vocab_size, half, skip, address, rank)
+            for rank, half in enumerate(halves)
+        ]
         return sum(run.result() for run in runs)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def ray_run_tokens_per_s(
@@ -149,8 +179,10 @@ def main() -> None:
         root = Path(tmp)
         manifest = ensure_prepared_data(resolve_job(config_from_dict(job_config(root, args, 1))))
         batches = collect_batches(root, args)
-        bare = bare_loop_tokens_per_s(args.preset, manifest.vocab_size, batches, args.log_every)
-        ceiling = two_bare_loops_tokens_per_s(args.preset, manifest.vocab_size, batches, args.log_every)
+        vocab, skip = manifest.vocab_size, args.log_every
+        bare = bare_loop_tokens_per_s(args.preset, vocab, batches, skip)
+        ceiling = two_loops_tokens_per_s(args.preset, vocab, batches, skip, ddp=False)
+        plain_ddp = two_loops_tokens_per_s(args.preset, vocab, batches, skip, ddp=True)
         one, one_whole, one_wall = ray_run_tokens_per_s(root, args, 1)
         two, two_whole, two_wall = ray_run_tokens_per_s(root, args, 2)
     ray.shutdown()
@@ -163,6 +195,10 @@ def main() -> None:
     print(
         f"2 bare loops at once (no comms)   {ceiling:10.0f} tokens/s = {ceiling / bare:.2f}x the bare loop, "
         "the most 2 workers can reach here"
+    )
+    print(
+        f"2 plain DDP, gloo (no Ray)        {plain_ddp:10.0f} tokens/s = {plain_ddp / bare:.2f}x the bare,"
+        " 2 workers without Ray"
     )
     print(
         f"Ray Train, 1 worker               {one:10.0f} tokens/s steady   ({one_whole:.0f} over the whole "
