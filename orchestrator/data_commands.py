@@ -15,6 +15,12 @@ CORPUS_HELP = (
 FORMAT_CHOICES = ("auto", "bert", "text", "jsonl", "parquet", "hf")
 
 
+def add_corpus_format_arguments(parser: argparse.ArgumentParser) -> None:
+    """--format and --text-field: how to read a corpus (shared by every command that reads one)."""
+    parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="corpus format")
+    parser.add_argument("--text-field", default="text", help="JSONL field / Parquet or HF column of the text")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
     _register_tokenizer(subparsers)
@@ -39,8 +45,7 @@ def _register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--min-frequency", type=int, default=2, help="least count of a learned piece")
     train.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer to")
     train.add_argument("--cased", action="store_true", help="keep case and accents (default: uncased)")
-    train.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="corpus format")
-    train.add_argument("--text-field", default="text", help="JSONL field / Parquet or HF column of the text")
+    add_corpus_format_arguments(train)
     train.set_defaults(func=run_tokenizer_train)
 
 
@@ -65,10 +70,7 @@ def _register_prepare(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--objective", default="mlm+nsp", choices=("mlm+nsp", "mlm"), help="example kind")
     prepare.add_argument("--eval-fraction", type=float, default=0.0, help="share of documents held out")
     prepare.add_argument("--seed", type=int, default=12345, help="seed of every random choice")
-    prepare.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="corpus format")
-    prepare.add_argument(
-        "--text-field", default="text", help="JSONL field / Parquet or HF column of the text"
-    )
+    add_corpus_format_arguments(prepare)
     prepare.add_argument("--examples-per-shard", type=int, default=65536, help="examples per Parquet shard")
     prepare.set_defaults(func=run_prepare)
 

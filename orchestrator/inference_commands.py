@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 import json
 
+from orchestrator.data_commands import add_corpus_format_arguments
+
 MODEL_HELP = "model folder: a run's final/, any HF BERT checkpoint folder, or a training checkpoint folder"
 TOKENIZER_HELP = "tokenizer dir (tokenizer.json or vocab.txt); default: the one in the model folder"
 DEVICE_HELP = "auto (a GPU when there is one), cpu or cuda"
@@ -64,13 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     embed.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per replica (default 1)")
     embed.add_argument("--batch-size", type=int, default=32, help="documents per forward pass")
     embed.add_argument("--max-length", type=int, help="truncate documents to this many tokens")
-    embed.add_argument(
-        "--format",
-        default="auto",
-        choices=("auto", "bert", "text", "jsonl", "parquet", "hf"),
-        help="corpus format",
-    )
-    embed.add_argument("--text-field", default="text", help="JSONL field / Parquet or HF column of the text")
+    add_corpus_format_arguments(embed)
     embed.add_argument("--json", action="store_true", help="print JSON (with --text: the vectors too)")
     embed.set_defaults(func=run_embed)
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import ray
 import ray.cloudpickle
+import torch
 
+from data import load_tokenizer
+from model import BertConfig, BertForPreTraining
+from orchestrator.checkpointing import TOKENIZER_FILES
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.trainer import ensure_prepared_data, resolve_job
 from tests.orchestrator import reports
@@ -84,3 +89,29 @@ def exact_batch_job(root: Path, prepared_corpus: dict, num_workers: int, **secti
         checkpoint={"run_name": f"exact-{num_workers}"},
         **sections,
     )
+
+
+RANDOM_MODEL_HIDDEN = 32
+
+
+def save_random_model(directory: Path, tokenizer_dir: str, seed: int, **config: float) -> Path:
+    """A random tiny model (hidden 32, 2 layers) saved in the final/ layout: HF files plus the tokenizer."""
+    torch.manual_seed(seed)
+    model_config = BertConfig(
+        vocab_size=load_tokenizer(tokenizer_dir).get_vocab_size(),
+        hidden_size=RANDOM_MODEL_HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **config,
+    )
+    BertForPreTraining(model_config).save_hf(directory)
+    copy_tokenizer_files(tokenizer_dir, directory)
+    return directory
+
+
+def copy_tokenizer_files(tokenizer_dir: str, model_dir: Path) -> None:
+    """The tokenizer files a run's final/ folder holds, as `export_final` copies them."""
+    for name in TOKENIZER_FILES:
+        shutil.copy(f"{tokenizer_dir}/{name}", model_dir / name)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data import DataError, load_tokenizer
+from data import DataError
 from data.hashing import text_key
-from model import BertConfig, BertForPreTraining
 from orchestrator.cli import main
 from orchestrator.embed import CorpusEmbedder, EmbedSettings, embed_corpus
 from orchestrator.inference import load_model
+from tests.orchestrator.conftest import RANDOM_MODEL_HIDDEN, save_random_model
 
 TEXTS = [
     "The cat sees the moon at night.",
@@ -24,27 +23,13 @@ TEXTS = [
     "The teacher calls.",
     "Our neighbour helps the old man near the school in the morning.",
 ]
-HIDDEN = 32
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, prepared_corpus):
     """A random tiny model saved as a final/ folder with the prepared corpus's tokenizer."""
-    tokenizer_dir = prepared_corpus["data"]["tokenizer_dir"]
     directory = tmp_path_factory.mktemp("embed_model") / "final"
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=load_tokenizer(tokenizer_dir).get_vocab_size(),
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertForPreTraining(config).save_hf(directory)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
-        shutil.copy(f"{tokenizer_dir}/{name}", directory / name)
-    return directory
+    return save_random_model(directory, prepared_corpus["data"]["tokenizer_dir"], seed=0)
 
 
 def encoder_output(model_dir, text: str) -> torch.Tensor:
@@ -66,7 +51,7 @@ def test_corpus_vectors_equal_the_encoder_and_parquet_has_a_row_per_document(
 
     table = pq.read_table(out)
     assert table.num_rows == len(TEXTS)
-    assert table.schema.field("embedding").type.list_size == HIDDEN
+    assert table.schema.field("embedding").type.list_size == RANDOM_MODEL_HIDDEN
     rows = {row["text"]: row for row in table.to_pylist()}
     assert sorted(rows) == sorted(TEXTS)
     for text in TEXTS:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,8 +17,9 @@ from data import MaskingConfig, load_manifest, load_tokenizer
 from data.manifest import TOKENIZER_DIR
 from data.masking import MaskingVocab
 from data.stream import mask_batch
-from model import IGNORE_INDEX, BertConfig, BertForPreTraining
+from model import IGNORE_INDEX
 from orchestrator.cli import main
+from tests.orchestrator.conftest import save_random_model
 
 SEED = 3
 
@@ -27,22 +27,11 @@ SEED = 3
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, prepared_corpus):
     """A random tiny model (final/ layout: HF files + the prepared corpus's tokenizer)."""
-    tokenizer_dir = prepared_corpus["data"]["tokenizer_dir"]
     directory = tmp_path_factory.mktemp("eval_model") / "final"
-    torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=load_tokenizer(tokenizer_dir).get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.2,  # a model with opinions: accuracies away from 0 and 1/2
+    # initializer_range 0.2: a model with opinions, so the accuracies are away from 0 and 1/2.
+    return save_random_model(
+        directory, prepared_corpus["data"]["tokenizer_dir"], seed=1, initializer_range=0.2
     )
-    BertForPreTraining(config).save_hf(directory)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
-        shutil.copy(f"{tokenizer_dir}/{name}", directory / name)
-    return directory
 
 
 def direct_metrics(model_dir, prepared_dir: str) -> dict[str, float]:

@@ -16,6 +16,7 @@ from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from orchestrator.checkpointing import TrainState, save_checkpoint
 from orchestrator.cli import UserError, main
 from orchestrator.inference import fill_mask, load_model, next_sentence_probability, token_representations
+from tests.orchestrator.conftest import copy_tokenizer_files
 
 # Four memorised pairs: a sentence A and the sentence B that follows it.
 PAIRS = [
@@ -24,7 +25,6 @@ PAIRS = [
     ("my friend paints a house.", "the house has a red door."),
     ("the teacher calls the bird.", "the bird sings in a tree."),
 ]
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +35,6 @@ def tokenizer_dir(tmp_path_factory) -> str:
     return train_tokenizer(
         [str(corpus)], str(root / "tokenizer"), TokenizerConfig(vocab_size=120, min_frequency=1)
     )
-
-
-def copy_tokenizer_files(tokenizer_dir: str, model_dir) -> None:
-    for name in TOKENIZER_FILES:
-        shutil.copy(f"{tokenizer_dir}/{name}", model_dir / name)
 
 
 @pytest.fixture(scope="module")
