@@ -28,6 +28,13 @@ def tiny_model(seed: int = 0, vocab_size: int = 99) -> BertForPreTraining:
     return BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=vocab_size, num_hidden_layers=1))
 
 
+def save_untrained_checkpoint(directory, model: BertForPreTraining) -> None:
+    """A training checkpoint of `model` at step 0, with a fresh AdamW and schedule."""
+    optimizer = build_optimizer(model, OptimConfig())
+    scheduler = build_scheduler(optimizer, OptimConfig(), 5)
+    save_checkpoint(directory, model, optimizer, scheduler, TrainState(), [rng_state()], {})
+
+
 def random_batch(vocab_size: int = 99, batch: int = 4, seq: int = 12) -> dict[str, torch.Tensor]:
     input_ids = torch.randint(5, vocab_size, (batch, seq))
     labels = torch.full_like(input_ids, -100)
@@ -198,16 +205,7 @@ def test_init_from_copies_weights_of_a_checkpoint_or_hf_folder_and_refuses_other
     init_weights_from(model, tmp_path / "hf")
     torch.testing.assert_close(model.state_dict(), donor.state_dict())
 
-    optimizer = build_optimizer(donor, OptimConfig())
-    save_checkpoint(
-        tmp_path / "ckpt",
-        donor,
-        optimizer,
-        build_scheduler(optimizer, OptimConfig(), 5),
-        TrainState(),
-        [rng_state()],
-        {},
-    )
+    save_untrained_checkpoint(tmp_path / "ckpt", donor)
     model = tiny_model(seed=3)
     init_weights_from(model, tmp_path / "ckpt")
     torch.testing.assert_close(model.state_dict(), donor.state_dict())
@@ -221,16 +219,7 @@ def test_init_from_copies_weights_of_a_checkpoint_or_hf_folder_and_refuses_other
 def test_the_final_export_loads_in_transformers_with_the_tokenizer(tmp_path):
     transformers = pytest.importorskip("transformers")
     model = tiny_model().eval()
-    optimizer = build_optimizer(model, OptimConfig())
-    save_checkpoint(
-        tmp_path / "ckpt",
-        model,
-        optimizer,
-        build_scheduler(optimizer, OptimConfig(), 5),
-        TrainState(),
-        [rng_state()],
-        {},
-    )
+    save_untrained_checkpoint(tmp_path / "ckpt", model)
     tokenizer_dir = tmp_path / "tok"
     tokenizer_dir.mkdir()
     (tokenizer_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
