@@ -10,8 +10,8 @@ import pytest
 import torch
 import transformers
 
-from data import TokenizerConfig, train_tokenizer
-from data.tokenizer import MASK
+from data import load_tokenizer
+from data.tokenizer import MASK, SPECIAL_TOKENS, save_tokenizer
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from orchestrator.checkpointing import TrainState, save_checkpoint
 from orchestrator.cli import UserError, main
@@ -29,12 +29,13 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> str:
+    """A whole-word vocabulary of PAIRS. Not trained: `tokenizers`' WordPiece trainer numbers tied tokens in
+    hash order, so a trained vocabulary (and the model memorised on it) would differ from run to run."""
     root = tmp_path_factory.mktemp("inference_tokenizer")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(f"{a}\n{b}" for a, b in PAIRS) * 3 + "\n")
-    return train_tokenizer(
-        [str(corpus)], str(root / "tokenizer"), TokenizerConfig(vocab_size=120, min_frequency=1)
-    )
+    words = sorted({word for pair in PAIRS for sentence in pair for word in sentence[:-1].split()})
+    (root / "vocab.txt").write_text("\n".join([*SPECIAL_TOKENS, ".", *words]) + "\n")
+    save_tokenizer(load_tokenizer(str(root / "vocab.txt")), str(root / "tokenizer"), lowercase=True)
+    return str(root / "tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +104,6 @@ def make_batch(tokenizer, pairs: list[tuple[str, str | None]], mask_probability:
 @pytest.fixture(scope="module")
 def memorised(tmp_path_factory, tokenizer_dir):
     """A tiny model trained for seconds on PAIRS; saved as a final/ folder and as a training checkpoint."""
-    from data import load_tokenizer
-
     tokenizer = load_tokenizer(tokenizer_dir)
     config = BertConfig(
         vocab_size=tokenizer.get_vocab_size(),
