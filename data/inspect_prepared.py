@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pyarrow as pa
 
+from data import storage
 from data.config import MaskingConfig
 from data.manifest import TOKENIZER_DIR, load_manifest
 from data.masking import IGNORE_INDEX
@@ -74,7 +73,7 @@ def decoded_examples(
     split: str = "train",
 ) -> list[dict]:
     """First `count` examples as tokens; a predicted token shows as `[MASK]->word`, `x->word` or `(word)`."""
-    tokenizer = load_tokenizer(os.path.join(prepared_dir, TOKENIZER_DIR))
+    tokenizer = load_tokenizer(storage.join(prepared_dir, TOKENIZER_DIR))
     rows = build_train_dataset(prepared_dir, masking, seed, epoch, split).take(count)
     examples = []
     for row in rows:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 
+from data import storage
 from data.config import PrepareConfig, config_from_dict
 from data.errors import DataError
 
@@ -49,15 +49,14 @@ class Manifest:
 
 def load_manifest(prepared_dir: str) -> Manifest:
     """Read `prepared_dir/manifest.json`; a DataError naming the fix when it is missing or unreadable."""
-    path = os.path.join(prepared_dir, MANIFEST_FILE)
-    if not os.path.exists(path):
+    path = storage.join(prepared_dir, MANIFEST_FILE)
+    if not storage.is_file(path):
         raise DataError(
             f"{prepared_dir} is not a prepared directory (no {MANIFEST_FILE}); "
             "make one with `bert-pretrain prepare --out DIR`"
         )
     try:
-        with open(path, encoding="utf-8") as file:
-            values = json.load(file)
+        values = json.loads(storage.read_text(path))
         values["settings"] = config_from_dict(PrepareConfig, values["settings"])
         return Manifest(**values)
     except (json.JSONDecodeError, KeyError, TypeError) as error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import posixpath
 import random
 import shutil
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data import storage
 from data.config import PrepareConfig
 from data.errors import DataError
 from data.examples import (
@@ -80,7 +82,8 @@ def prepare(
     """Prepare `corpus` with the tokenizer at `tokenizer_dir` into `out_dir` (see the module docstring).
 
     Writes out_dir/train/*.parquet, out_dir/eval/*.parquet (when eval_fraction > 0), out_dir/tokenizer/ and
-    out_dir/manifest.json, built in a staging directory and renamed into place once complete.
+    out_dir/manifest.json, built in a staging directory and moved into place once complete. `out_dir` may be
+    a bucket URI (s3://...), which every node of a cluster can read.
     """
     config = config or PrepareConfig()
     config.validate()
@@ -99,9 +102,10 @@ def prepare(
 
 
 def _prepare_into(corpus, files, tokenizer_dir, tokenizer, special_ids, out_dir, config, started) -> Manifest:
-    staging = f"{os.path.abspath(out_dir).rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
+    base = out_dir if storage.is_uri(out_dir) else os.path.abspath(out_dir)
+    staging = f"{base.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        copy_tokenizer(tokenizer_dir, os.path.join(staging, TOKENIZER_DIR))
+        copy_tokenizer(tokenizer_dir, storage.join(staging, TOKENIZER_DIR))
         documents = tokenize_documents(
             read_documents(files, config.text_field, config.num_blocks),
             tokenizer.to_str(),
@@ -121,7 +125,7 @@ def _prepare_into(corpus, files, tokenizer_dir, tokenizer, special_ids, out_dir,
             shards[split] = written.paths
         manifest = Manifest(
             vocab_size=tokenizer.get_vocab_size(),
-            tokenizer_hash=tokenizer_hash(os.path.join(staging, TOKENIZER_DIR)),
+            tokenizer_hash=tokenizer_hash(storage.join(staging, TOKENIZER_DIR)),
             settings=config,
             special_token_ids=special_ids,
             counts=counts,
@@ -129,11 +133,10 @@ def _prepare_into(corpus, files, tokenizer_dir, tokenizer, special_ids, out_dir,
             corpus=list(corpus),
             elapsed_seconds=round(time.perf_counter() - started, 3),
         )
-        with open(os.path.join(staging, MANIFEST_FILE), "w", encoding="utf-8") as file:
-            file.write(manifest.to_json())
+        storage.write_text(storage.join(staging, MANIFEST_FILE), manifest.to_json())
         _publish(staging, out_dir)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.remove_dir(staging)
     return manifest
 
 
@@ -165,11 +168,8 @@ def format_summary(manifest: Manifest, out_dir: str) -> str:
 
 
 def _check_out_dir(out_dir: str) -> None:
-    if (
-        os.path.isdir(out_dir)
-        and os.listdir(out_dir)
-        and not os.path.exists(os.path.join(out_dir, MANIFEST_FILE))
-    ):
+    files = storage.list_files(out_dir)
+    if files and MANIFEST_FILE not in files:
         raise DataError(
             f"{out_dir} exists and is not a prepared directory; choose another --out or empty it "
             "(a prepared directory, with manifest.json, is replaced)"
@@ -178,7 +178,9 @@ def _check_out_dir(out_dir: str) -> None:
 
 def _publish(staging: str, out_dir: str) -> None:
     """Move the finished staging directory into place; a previous prepared directory there is replaced."""
-    if os.path.isdir(out_dir):
+    if storage.is_uri(out_dir):
+        _publish_to_bucket(staging, out_dir)
+    elif os.path.isdir(out_dir):
         retired = f"{staging}.old"
         os.rename(out_dir, retired)
         os.rename(staging, out_dir)
@@ -186,6 +188,21 @@ def _publish(staging: str, out_dir: str) -> None:
     else:
         os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
         os.rename(staging, out_dir)
+
+
+def _publish_to_bucket(staging: str, out_dir: str) -> None:
+    """A bucket has no rename: the old manifest goes first (no reader mixes old and new shards), then the
+    new files move in (server-side copies) with the manifest last, then the old files that remain go."""
+    filesystem, staging_inner = storage.resolve(staging)
+    _, out_inner = storage.resolve(out_dir)
+    old_files = storage.list_files(out_dir)
+    if MANIFEST_FILE in old_files:
+        filesystem.delete_file(posixpath.join(out_inner, MANIFEST_FILE))
+    new_files = storage.list_files(staging)
+    for relative in sorted(new_files, key=lambda path: path == MANIFEST_FILE):
+        filesystem.move(posixpath.join(staging_inner, relative), posixpath.join(out_inner, relative))
+    for relative in set(old_files) - set(new_files):
+        filesystem.delete_file(posixpath.join(out_inner, relative))
 
 
 def _ensure_ray() -> None:

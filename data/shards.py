@@ -7,7 +7,7 @@ each shard from slices of the blocks it spans, so no block boundary shows in the
 from __future__ import annotations
 
 import math
-import os
+import posixpath
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data import storage
 from data.errors import DataError
 
 SHARD_COLUMNS = ("example_id", "input_ids", "token_type_ids", "next_sentence_label")
@@ -49,7 +50,6 @@ def write_shards(sorted_examples, prepared_dir: str, split: str, examples_per_sh
         raise DataError(
             f"the {split} split produced no examples; check the corpus (are its documents empty?)"
         )
-    os.makedirs(os.path.join(prepared_dir, split), exist_ok=True)
     write_shard = ray.remote(_write_shard)
     pending, paths = [], []
     shard_start = 0
@@ -64,7 +64,7 @@ def write_shards(sorted_examples, prepared_dir: str, split: str, examples_per_sh
                 spans.append((int(low - block_starts[index]), int(high - low)))
                 refs.append(block_ref)
         pending.append(
-            write_shard.remote(os.path.join(prepared_dir, relative_path), shard_start, spans, *refs)
+            write_shard.remote(storage.join(prepared_dir, relative_path), shard_start, spans, *refs)
         )
         paths.append(relative_path)
         shard_start = shard_end
@@ -90,5 +90,7 @@ def _write_shard(path: str, first_example_id: int, spans: list[tuple[int, int]],
     table = table.append_column("example_id", example_ids)
     tokens = int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
     truncated = int(pc.sum(table.column("truncated").cast(pa.int64())).as_py() or 0)
-    pq.write_table(table.select(list(SHARD_COLUMNS)), path)
+    filesystem, inner_path = storage.resolve(path)
+    filesystem.create_dir(posixpath.dirname(inner_path), recursive=True)
+    pq.write_table(table.select(list(SHARD_COLUMNS)), inner_path, filesystem=filesystem)
     return tokens, truncated

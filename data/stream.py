@@ -8,7 +8,6 @@ one example) and pads each cut with the same collate function's `collate_table`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -17,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from data import storage
 from data.config import MaskingConfig
 from data.errors import DataError
 from data.manifest import TOKENIZER_DIR, load_manifest
@@ -44,7 +44,7 @@ def check_tokenizer(prepared_dir: str, tokenizer_dir: str) -> None:
     if actual != manifest.tokenizer_hash:
         raise DataError(
             f"the tokenizer at {tokenizer_dir} (hash {actual}) is not the one {prepared_dir} was prepared "
-            f"with (hash {manifest.tokenizer_hash}); use {os.path.join(prepared_dir, TOKENIZER_DIR)} or "
+            f"with (hash {manifest.tokenizer_hash}); use {storage.join(prepared_dir, TOKENIZER_DIR)} or "
             f"prepare again with `bert-pretrain prepare --tokenizer {tokenizer_dir}`"
         )
 
@@ -67,11 +67,11 @@ def build_train_dataset(
             f"{prepared_dir} has no {split!r} split (it has {', '.join(manifest.shards)}); "
             "prepare with --eval-fraction F > 0 for an eval split"
         )
-    check_tokenizer(prepared_dir, os.path.join(prepared_dir, TOKENIZER_DIR))
-    vocab = MaskingVocab.from_tokenizer(load_tokenizer(os.path.join(prepared_dir, TOKENIZER_DIR)))
+    check_tokenizer(prepared_dir, storage.join(prepared_dir, TOKENIZER_DIR))
+    vocab = MaskingVocab.from_tokenizer(load_tokenizer(storage.join(prepared_dir, TOKENIZER_DIR)))
     if len(vocab.is_special) < manifest.vocab_size:
         raise DataError(f"the tokenizer copy in {prepared_dir} is damaged; run `bert-pretrain prepare` again")
-    shards = [os.path.join(prepared_dir, path) for path in manifest.shards[split]]
+    shards = [storage.join(prepared_dir, path) for path in manifest.shards[split]]
     # One task per shard reads it with pyarrow and masks it: the shards are ours (even, with known counts),
     # and `ray.data.read_parquet` would sample files with remote tasks each epoch, seconds on a small cluster.
     return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
@@ -88,7 +88,9 @@ def read_and_mask_shards(
     """Ray Data UDF: shard paths (column `item`) -> their masked rows, in tables of `_READ_BATCH_ROWS` (so
     that a shard of any size streams in bounded memory)."""
     for path in paths.column("item").to_pylist():
-        for rows in pq.ParquetFile(path).iter_batches(batch_size=_READ_BATCH_ROWS):
+        filesystem, inner_path = storage.resolve(path)
+        shard = pq.ParquetFile(inner_path, filesystem=filesystem)
+        for rows in shard.iter_batches(batch_size=_READ_BATCH_ROWS):
             yield mask_batch(pa.Table.from_batches([rows]), seed, epoch, config, vocab)
 
 

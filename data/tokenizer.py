@@ -1,7 +1,8 @@
 """WordPiece tokenizer: training with HF `tokenizers`, loading (tokenizer.json or vocab.txt) and hashing.
 
 A trained directory holds tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json, which
-`transformers.BertTokenizerFast.from_pretrained(dir)` loads and which give the same ids as ours.
+`transformers.BertTokenizerFast.from_pretrained(dir)` loads and which give the same ids as ours. The directory
+may be a local folder or a bucket URI.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from data import storage
 from data.config import TokenizerConfig
 from data.errors import DataError
 
@@ -68,11 +71,9 @@ def _set_post_processor(tokenizer: Tokenizer) -> None:
 
 def save_tokenizer(tokenizer: Tokenizer, out_dir: str, lowercase: bool) -> None:
     """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json."""
-    os.makedirs(out_dir, exist_ok=True)
-    tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
+    storage.write_text(storage.join(out_dir, TOKENIZER_FILE), tokenizer.to_str(pretty=True))
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    with open(os.path.join(out_dir, VOCAB_FILE), "w", encoding="utf-8") as file:
-        file.writelines(f"{token}\n" for token, _ in vocab)
+    storage.write_text(storage.join(out_dir, VOCAB_FILE), "".join(f"{token}\n" for token, _ in vocab))
     special_map = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
     tokenizer_config = {
         "tokenizer_class": "BertTokenizer",
@@ -82,30 +83,28 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, lowercase: bool) -> None:
         "model_max_length": 512,
         **special_map,
     }
-    _write_json(os.path.join(out_dir, CONFIG_FILE), tokenizer_config)
-    _write_json(os.path.join(out_dir, "special_tokens_map.json"), special_map)
+    _write_json(storage.join(out_dir, CONFIG_FILE), tokenizer_config)
+    _write_json(storage.join(out_dir, "special_tokens_map.json"), special_map)
 
 
 def _write_json(path: str, value: dict) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
+    storage.write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def load_tokenizer(path: str) -> Tokenizer:
     """Load a directory holding tokenizer.json or vocab.txt, or either file itself."""
     tokenizer_file, vocab_file = _tokenizer_files(path)
     if tokenizer_file:
-        return Tokenizer.from_file(tokenizer_file)
+        return Tokenizer.from_str(storage.read_text(tokenizer_file))
     vocab = {}
-    with open(vocab_file, encoding="utf-8") as file:
-        for index, line in enumerate(file):
-            vocab.setdefault(line.rstrip("\n"), index)
+    lines = storage.read_text(vocab_file).split("\n")  # not splitlines(): a token may hold U+2028
+    for index, line in enumerate(lines[:-1] if lines[-1] == "" else lines):
+        vocab.setdefault(line, index)
     missing = [token for token in SPECIAL_TOKENS if token not in vocab]
     if missing:
         raise DataError(f"{vocab_file} lacks the special tokens {missing}; a BERT vocab needs all of them")
     tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK))
-    _set_bert_pipeline(tokenizer, _lowercase_setting(os.path.dirname(vocab_file)))
+    _set_bert_pipeline(tokenizer, _lowercase_setting(_parent(vocab_file)))
     _set_post_processor(tokenizer)
     # "[MASK]" in a text is one token, as in a tokenizer.json (ids stay: the tokens are in the vocabulary).
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
@@ -113,30 +112,31 @@ def load_tokenizer(path: str) -> Tokenizer:
 
 
 def _tokenizer_files(path: str) -> tuple[str | None, str | None]:
-    if os.path.isdir(path):
-        candidates = (os.path.join(path, TOKENIZER_FILE), os.path.join(path, VOCAB_FILE))
-        tokenizer_file, vocab_file = (c if os.path.exists(c) else None for c in candidates)
-        if tokenizer_file or vocab_file:
-            return tokenizer_file, vocab_file
-        raise DataError(
-            f"{path} holds neither {TOKENIZER_FILE} nor {VOCAB_FILE}; "
-            "train one with `bert-pretrain tokenizer train` or point --tokenizer at a BERT tokenizer"
-        )
-    if not os.path.exists(path):
+    if storage.is_file(path):
+        return (path, None) if path.endswith(".json") else (None, path)
+    candidates = (storage.join(path, TOKENIZER_FILE), storage.join(path, VOCAB_FILE))
+    tokenizer_file, vocab_file = (c if storage.is_file(c) else None for c in candidates)
+    if tokenizer_file or vocab_file:
+        return tokenizer_file, vocab_file
+    if not storage.exists(path):
         raise DataError(
             f"tokenizer {path} does not exist; train one with `bert-pretrain tokenizer train --out {path}`"
         )
-    if path.endswith(".json"):
-        return path, None
-    return None, path
+    raise DataError(
+        f"{path} holds neither {TOKENIZER_FILE} nor {VOCAB_FILE}; "
+        "train one with `bert-pretrain tokenizer train` or point --tokenizer at a BERT tokenizer"
+    )
 
 
 def _lowercase_setting(directory: str) -> bool:
-    config_path = os.path.join(directory, CONFIG_FILE)
-    if os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as file:
-            return bool(json.load(file).get("do_lower_case", True))
+    config_path = storage.join(directory, CONFIG_FILE)
+    if storage.is_file(config_path):
+        return bool(json.loads(storage.read_text(config_path)).get("do_lower_case", True))
     return True
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path) if storage.is_uri(path) else os.path.dirname(os.path.abspath(path))
 
 
 def tokenizer_hash(path: str) -> str:
@@ -158,5 +158,5 @@ def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
 def copy_tokenizer(source: str, out_dir: str) -> None:
     """Write `source` (a directory or a file) as a complete tokenizer directory at `out_dir`."""
     tokenizer_file, vocab_file = _tokenizer_files(source)
-    lowercase = _lowercase_setting(os.path.dirname(tokenizer_file or vocab_file))
+    lowercase = _lowercase_setting(_parent(tokenizer_file or vocab_file))
     save_tokenizer(load_tokenizer(source), out_dir, lowercase)

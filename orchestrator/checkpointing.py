@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from data import storage
 from model import BertConfig, BertForPreTraining
 from orchestrator.cli import UserError
 
@@ -117,21 +118,19 @@ def load_model_from_checkpoint(directory: Path) -> BertForPreTraining:
 
 
 def init_weights_from(model: BertForPreTraining, source: str | Path) -> None:
-    """Copy the weights of a training checkpoint or an HF model folder into `model` (nothing else).
+    """Copy the weights of a training checkpoint or an HF model folder (local or in a bucket) into `model`
+    (nothing else).
 
     The sizes must match the run's model (vocabulary included); position embeddings cover 512 positions in
     every preset, so phase 2 (seq 512) starts from phase 1 (seq 128) weights as they are.
     """
-    directory = Path(source)
-    if (directory / MODEL_CONFIG_FILE).is_file():
-        donor = load_model_from_checkpoint(directory)
-    elif (directory / "config.json").is_file():
-        donor = BertForPreTraining.from_hf(directory, use_nsp=model.config.use_nsp)
-    else:
-        raise UserError(
-            f"--init-from {source}: not a training checkpoint ({MODEL_CONFIG_FILE}) nor an HF model folder "
-            "(config.json)"
-        )
+    check_init_from(source)
+    with storage.local_input(source) as local:
+        directory = Path(local)
+        if (directory / MODEL_CONFIG_FILE).is_file():
+            donor = load_model_from_checkpoint(directory)
+        else:
+            donor = BertForPreTraining.from_hf(directory, use_nsp=model.config.use_nsp)
     sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     different = {k: (getattr(donor.config, k), getattr(model.config, k)) for k in sizes}
     different = {k: v for k, v in different.items() if v[0] != v[1]}
@@ -145,15 +144,26 @@ def init_weights_from(model: BertForPreTraining, source: str | Path) -> None:
         )
 
 
-def export_final(checkpoint_dir: Path, tokenizer_dir: Path, out_dir: Path) -> Path:
-    """Write the checkpoint's model in HF format plus the tokenizer files into `out_dir`."""
+def check_init_from(source: str | Path) -> None:
+    """A UserError unless `source` is a training checkpoint or an HF model folder."""
+    if not any(storage.is_file(storage.join(source, name)) for name in (MODEL_CONFIG_FILE, "config.json")):
+        raise UserError(
+            f"--init-from {source}: not a training checkpoint ({MODEL_CONFIG_FILE}) nor an HF model folder "
+            "(config.json)"
+        )
+
+
+def export_final(checkpoint_dir: Path, tokenizer_dir: str | Path, out_dir: Path) -> Path:
+    """Write the checkpoint's model in HF format plus the tokenizer files (local or in a bucket) into the
+    local folder `out_dir`."""
     model = load_model_from_checkpoint(checkpoint_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     model.save_hf(out_dir)
     for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copy2(tokenizer_dir / name, out_dir / name)
+        source = storage.join(tokenizer_dir, name)
+        if storage.is_file(source):
+            (out_dir / name).write_text(storage.read_text(source), encoding="utf-8")
     return out_dir
 
 

@@ -8,12 +8,11 @@ ones the training loop reports as eval_* (same masking, same sums), computed her
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import torch
 
-from data import MaskingConfig, build_train_dataset, load_manifest, make_collate_fn, tokenizer_hash
+from data import MaskingConfig, build_train_dataset, load_manifest, make_collate_fn, storage, tokenizer_hash
 from data.manifest import TOKENIZER_DIR
 from orchestrator.cli import UserError
 from orchestrator.inference import MLM_HEAD_TENSOR, LoadedModel
@@ -88,7 +87,7 @@ def _check_compatible(loaded: LoadedModel, prepared_dir: str, data_tokenizer_has
     if model_tokenizer_hash != data_tokenizer_hash:
         raise UserError(
             f"the model's tokenizer ({loaded.tokenizer_dir}) is not the one {prepared_dir} was prepared with "
-            f"({os.path.join(prepared_dir, TOKENIZER_DIR)}): prepare the held-out data with the model's "
+            f"({storage.join(prepared_dir, TOKENIZER_DIR)}): prepare the held-out data with the model's "
             "tokenizer, or pass --tokenizer if the model folder holds the wrong one"
         )
 

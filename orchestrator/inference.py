@@ -10,6 +10,7 @@ checkpoint, or from an explicit directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 
-from data import load_tokenizer
+from data import load_tokenizer, storage
 from data.tokenizer import MASK
 from model import IGNORE_INDEX, BertForPreTraining, CheckpointError
 from model.hf import CONFIG_FILE, SAFETENSORS_FILE, read_hf_config, read_hf_weights
@@ -40,7 +41,8 @@ class LoadedModel:
     """False for a checkpoint of a bare encoder (HF BertModel): its MLM head would be random."""
     has_nsp_head: bool
     """False when the checkpoint has no NSP head or the run trained without NSP (model.use_nsp false)."""
-    source: Path
+    source: Path | str
+    """The model folder, or its bucket URI."""
     device: torch.device
 
 
@@ -61,7 +63,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_model(path: str | Path, tokenizer_dir: str | None = None, device: str = "cpu") -> LoadedModel:
-    """Load an HF / final/ folder or a training checkpoint, and its tokenizer (see the module docstring)."""
+    """Load an HF / final/ folder or a training checkpoint, and its tokenizer (see the module docstring);
+    either may be in a bucket (s3://...)."""
+    if storage.is_uri(path):
+        with storage.local_input(path) as local:
+            loaded = load_model(local, tokenizer_dir, device)
+        # Name the bucket, not the download (deleted by now), as the place the model and tokenizer came from.
+        remote_tokenizer = path if loaded.tokenizer_dir == local else loaded.tokenizer_dir
+        return dataclasses.replace(loaded, source=path, tokenizer_dir=remote_tokenizer)
     source = Path(path)
     if not source.is_dir():
         raise UserError(f"model folder {source} does not exist (or is not a folder)")
@@ -123,7 +132,7 @@ def _tokenizer_dir_of(source: Path) -> str:
     if (source / TRAIN_STATE_FILE).is_file():
         saved = json.loads((source / TRAIN_STATE_FILE).read_text())
         run_tokenizer = saved.get("config", {}).get("data", {}).get("tokenizer_dir")
-        if run_tokenizer and Path(run_tokenizer).is_dir():
+        if run_tokenizer and storage.exists(run_tokenizer):
             return run_tokenizer
     raise UserError(
         f"{source} holds no tokenizer (tokenizer.json or vocab.txt): pass the model's tokenizer with "

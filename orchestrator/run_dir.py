@@ -1,32 +1,27 @@
-"""The run directory's `run.json`: one JSON object that several writers (driver, tracker) merge keys into."""
+"""The run directory's `run.json`: one JSON object that several writers (driver, tracker) merge keys into.
+
+The run directory is a local folder or a bucket URI (`<checkpoint.storage_path>/<run_name>`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from data import storage
 
 RUN_JSON = "run.json"
 
 
 def read_run_json(run_dir: str | Path) -> dict:
     """The contents of `<run_dir>/run.json`, or {} when there is none yet."""
-    path = Path(run_dir) / RUN_JSON
-    if not path.exists():
+    path = storage.join(run_dir, RUN_JSON)
+    if not storage.is_file(path):
         return {}
-    return json.loads(path.read_text())
+    return json.loads(storage.read_text(path))
 
 
 def update_run_json(run_dir: str | Path, **fields) -> None:
-    """Merge `fields` into `<run_dir>/run.json`, creating the folder and file as needed.
-
-    Written to a temporary file and renamed into place, so a reader never sees half a file.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Merge `fields` into `<run_dir>/run.json`, creating the folder and file as needed (written whole, so a
+    reader never sees half a file)."""
     contents = read_run_json(run_dir) | fields
-    with tempfile.NamedTemporaryFile("w", dir=run_dir, prefix=f".{RUN_JSON}.", delete=False) as tmp:
-        json.dump(contents, tmp, indent=2, sort_keys=True)
-        tmp.write("\n")
-    os.replace(tmp.name, run_dir / RUN_JSON)
+    storage.write_text(storage.join(run_dir, RUN_JSON), json.dumps(contents, indent=2, sort_keys=True) + "\n")

@@ -24,9 +24,10 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 import data
+from data import storage
 from data.manifest import MANIFEST_FILE
 from data.readers import BUILTIN_CORPUS_WORD  # the embedded default; data resolves it
-from orchestrator.checkpointing import MODEL_CONFIG_FILE, export_final
+from orchestrator.checkpointing import check_init_from, export_final, read_train_state
 from orchestrator.cli import UserError
 from orchestrator.config import JobConfig, WorkerCount, apply_scaling_flags, config_from_dict
 from orchestrator.resources import check_resources, plan_batches, ray_worker_count
@@ -39,8 +40,9 @@ TOKENIZER_SETTINGS_FILE = "bert_pretrain_tokenizer.json"  # written beside a tok
 
 @dataclass(frozen=True)
 class TrainingResult:
-    run_dir: Path
-    final_dir: Path
+    run_dir: str
+    """Local folder or bucket URI."""
+    final_dir: str
     steps: int
     metrics: dict
 
@@ -79,10 +81,11 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
         uneven=job.scaling.elastic,
     )
     check_resources(job.scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
-    _check_init_from(job.checkpoint.init_from)
+    if job.checkpoint.init_from:
+        check_init_from(job.checkpoint.init_from)
     manifest = ensure_prepared_data(job)
     plan = plan_run(job, manifest, plan_batch)
-    run_dir = Path(job.checkpoint.storage_path) / job.checkpoint.run_name
+    run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
     resolved = job.to_dict()
     update_run_json(run_dir, config=resolved, plan=plan.to_dict())
 
@@ -92,12 +95,17 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
         tracker.set_tags(_run_tags(job, manifest))
         trainer = build_trainer(job, plan, [tracker.callback(), *callbacks])
         result = trainer.fit()
-        final_dir = export_final(
-            Path(result.checkpoint.path), Path(job.data.tokenizer_dir), run_dir / "final"
-        )
-        tracker.log_final(final_dir, {"data_manifest": Path(job.data.prepared_dir) / MANIFEST_FILE})
-        tracker.set_tags({"checkpoint_uri": result.checkpoint.path})
-        update_run_json(run_dir, final_dir=str(final_dir))
+        final_dir = storage.join(run_dir, "final")
+        with (
+            result.checkpoint.as_directory() as checkpoint_dir,
+            storage.local_output(final_dir) as local_final,
+            storage.local_input(storage.join(job.data.prepared_dir, MANIFEST_FILE)) as manifest_file,
+        ):
+            export_final(Path(checkpoint_dir), job.data.tokenizer_dir, Path(local_final))
+            tracker.log_final(local_final, {"data_manifest": manifest_file})
+            steps = read_train_state(Path(checkpoint_dir))["step"]
+        tracker.set_tags({"checkpoint_uri": _checkpoint_uri(result.checkpoint, job.checkpoint.storage_path)})
+        update_run_json(run_dir, final_dir=final_dir)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a stop; Ray Train ends an aborted fit with SystemExit
         tracker.end("KILLED")
         raise
@@ -105,7 +113,6 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
         tracker.end("FAILED", error=f"{type(error).__name__}: {error}")
         raise
     tracker.end("FINISHED")
-    steps = json.loads((Path(result.checkpoint.path) / "train_state.json").read_text())["step"]
     return TrainingResult(run_dir, final_dir, steps, dict(result.metrics or {}))
 
 
@@ -119,29 +126,30 @@ def ensure_prepared_data(job: JobConfig) -> data.Manifest:
     """Train the tokenizer and prepare the examples when missing or made with other settings; else reuse."""
     settings = job.data
     corpus = settings.corpus
-    tokenizer_dir = Path(settings.tokenizer_dir)
+    tokenizer_dir = settings.tokenizer_dir
     wanted = {"corpus": corpus, "tokenizer": dataclasses.asdict(settings.tokenizer)}
-    marker = tokenizer_dir / TOKENIZER_SETTINGS_FILE
-    has_tokenizer = (tokenizer_dir / "tokenizer.json").is_file() or (tokenizer_dir / "vocab.txt").is_file()
+    marker = storage.join(tokenizer_dir, TOKENIZER_SETTINGS_FILE)
+    tokenizer_files = (storage.join(tokenizer_dir, name) for name in ("tokenizer.json", "vocab.txt"))
+    has_tokenizer = any(storage.is_file(path) for path in tokenizer_files)
     # A tokenizer the user brought (no marker) is used as it is; one that `train` built is rebuilt on change.
     try:
-        if not has_tokenizer or (marker.is_file() and json.loads(marker.read_text()) != wanted):
+        if not has_tokenizer or (storage.is_file(marker) and json.loads(storage.read_text(marker)) != wanted):
             print(f"Training the tokenizer into {tokenizer_dir} ...", flush=True)
             data.train_tokenizer(
                 corpus,
-                str(tokenizer_dir),
+                tokenizer_dir,
                 settings.tokenizer,
                 settings.prepare.input_format,
                 settings.prepare.text_field,
             )
-            marker.write_text(json.dumps(wanted, indent=2))
-        tokenizer_hash = data.tokenizer_hash(str(tokenizer_dir))
+            storage.write_text(marker, json.dumps(wanted, indent=2))
+        tokenizer_hash = data.tokenizer_hash(tokenizer_dir)
         with contextlib.suppress(data.DataError):  # missing or unreadable: build it
             manifest = data.load_manifest(settings.prepared_dir)
             if manifest.matches(settings.prepare, tokenizer_hash) and manifest.corpus == corpus:
                 return manifest
         print(f"Preparing the examples into {settings.prepared_dir} ...", flush=True)
-        return data.prepare(corpus, str(tokenizer_dir), settings.prepared_dir, settings.prepare)
+        return data.prepare(corpus, tokenizer_dir, settings.prepared_dir, settings.prepare)
     except data.DataError as error:
         raise UserError(str(error)) from None
 
@@ -213,16 +221,6 @@ def build_trainer(job: JobConfig, plan: RunPlan, callbacks: Sequence[ray.train.U
     )
 
 
-def _check_init_from(init_from: str | None) -> None:
-    if init_from and not any(
-        (Path(init_from) / name).is_file() for name in (MODEL_CONFIG_FILE, "config.json")
-    ):
-        raise UserError(
-            f"--init-from {init_from}: not a training checkpoint ({MODEL_CONFIG_FILE}) nor an HF model "
-            "folder (config.json)"
-        )
-
-
 def _run_tags(job: JobConfig, manifest: data.Manifest) -> dict[str, str]:
     return {
         **ray_job_tags(),
@@ -237,7 +235,15 @@ def _run_tags(job: JobConfig, manifest: data.Manifest) -> dict[str, str]:
 def _manifest_hash(prepared_dir: str) -> str:
     import hashlib
 
-    return hashlib.sha256((Path(prepared_dir) / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+    manifest = storage.read_text(storage.join(prepared_dir, MANIFEST_FILE))
+    return hashlib.sha256(manifest.encode()).hexdigest()[:16]
+
+
+def _checkpoint_uri(checkpoint: ray.train.Checkpoint, storage_path: str) -> str:
+    """Ray gives a bucket checkpoint's path without its scheme; put it back."""
+    if storage.is_uri(storage_path):
+        return f"{storage_path.split('://', 1)[0]}://{checkpoint.path}"
+    return checkpoint.path
 
 
 def _absolute(path: str | None) -> str | None:

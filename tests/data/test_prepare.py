@@ -9,8 +9,18 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 
-from data import DataError, PrepareConfig, load_manifest, load_tokenizer, prepare, tokenizer_hash
+from data import (
+    DataError,
+    PrepareConfig,
+    build_train_dataset,
+    load_manifest,
+    load_tokenizer,
+    prepare,
+    storage,
+    tokenizer_hash,
+)
 
 from .conftest import TEST_PREPARE, make_documents, write_bert_corpus
 
@@ -20,8 +30,13 @@ MARKER = re.compile(r"doc(\d+) sent(\d+)")
 def _split_table(prepared_dir, split="train"):
     manifest = load_manifest(prepared_dir)
     return pa.concat_tables(
-        [pq.read_table(os.path.join(prepared_dir, path)) for path in manifest.shards[split]]
+        [pq.read_table(storage.join(prepared_dir, path)) for path in manifest.shards[split]]
     )
+
+
+def _masked_epoch(prepared_dir) -> pa.Table:
+    dataset = build_train_dataset(prepared_dir, seed=3, epoch=1)
+    return pa.concat_tables(ray.get(dataset.to_arrow_refs())).sort_by("example_id")
 
 
 def _id_string(ids) -> str:
@@ -149,3 +164,38 @@ def test_missing_corpus_and_foreign_out_dir(ray_session, tokenizer_dir, corpus_f
         prepare([corpus_file], tokenizer_dir, str(tmp_path / "busy"), PrepareConfig())
     with pytest.raises(DataError, match="objective"):
         prepare([corpus_file], tokenizer_dir, str(tmp_path / "out"), PrepareConfig(objective="nsp"))
+
+
+def test_a_bucket_holds_the_same_prepared_data_and_a_second_prepare_replaces_it(
+    prepared_dir, corpus_file, tokenizer_dir, bucket
+):
+    out = f"{bucket}/prepared"
+    prepare([corpus_file], tokenizer_dir, out, TEST_PREPARE)
+    assert _split_table(out).equals(_split_table(prepared_dir))
+    assert load_manifest(out).counts == load_manifest(prepared_dir).counts
+    assert tokenizer_hash(f"{out}/tokenizer") == tokenizer_hash(tokenizer_dir)
+    assert not [path for path in storage.list_files(bucket) if ".partial-" in path]
+    assert _masked_epoch(out).equals(_masked_epoch(prepared_dir))
+
+    fewer_shards = dataclasses.replace(TEST_PREPARE, examples_per_shard=10**6)
+    prepare([corpus_file], tokenizer_dir, out, fewer_shards)
+    assert load_manifest(out).shards["train"] == ["train/shard-00000.parquet"]
+    assert sorted(storage.list_files(out)) == [
+        "eval/shard-00000.parquet",
+        "manifest.json",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.txt",
+        "train/shard-00000.parquet",
+    ]
+    assert _split_table(out).equals(_split_table(prepared_dir))
+
+
+def test_a_bucket_folder_that_is_not_prepared_data_is_refused(
+    ray_session, corpus_file, tokenizer_dir, bucket
+):
+    storage.write_text(f"{bucket}/busy/notes.txt", "mine")
+    with pytest.raises(DataError, match="not a prepared directory"):
+        prepare([corpus_file], tokenizer_dir, f"{bucket}/busy", TEST_PREPARE)
+    assert storage.read_text(f"{bucket}/busy/notes.txt") == "mine"

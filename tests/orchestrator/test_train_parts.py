@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from data import storage
 from model import BertConfig, BertForPreTraining
 from orchestrator.checkpointing import (
     TrainState,
@@ -198,7 +199,7 @@ def test_a_checkpoint_restores_training_exactly(tmp_path, name):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name_a)
 
 
-def test_init_from_copies_weights_of_a_checkpoint_or_hf_folder_and_refuses_other_sizes(tmp_path):
+def test_init_from_copies_weights_of_a_checkpoint_or_hf_folder_and_refuses_other_sizes(tmp_path, bucket):
     donor = tiny_model(seed=1)
     donor.save_hf(tmp_path / "hf")
     model = tiny_model(seed=2)
@@ -208,6 +209,11 @@ def test_init_from_copies_weights_of_a_checkpoint_or_hf_folder_and_refuses_other
     save_untrained_checkpoint(tmp_path / "ckpt", donor)
     model = tiny_model(seed=3)
     init_weights_from(model, tmp_path / "ckpt")
+    torch.testing.assert_close(model.state_dict(), donor.state_dict())
+
+    storage.copy_dir(tmp_path / "ckpt", f"{bucket}/ckpt")  # phase 2 on a cluster starts from a bucket
+    model = tiny_model(seed=4)
+    init_weights_from(model, f"{bucket}/ckpt")
     torch.testing.assert_close(model.state_dict(), donor.state_dict())
 
     with pytest.raises(UserError, match="vocab_size 99 there vs 120 here"):

@@ -86,9 +86,9 @@ def test_a_failed_worker_resumes_from_the_last_checkpoint_and_counts_no_step_twi
     assert final_state["consumed_samples"] == FIRST_STEPS * GLOBAL_BATCH
     assert final_state["config"]["train"]["max_steps"] == FIRST_STEPS
     assert final_state["world_size"] == 3
-    checkpoints = sorted(p.name for p in result.run_dir.glob("checkpoint_0*"))
+    checkpoints = sorted(p.name for p in Path(result.run_dir).glob("checkpoint_0*"))
     assert checkpoints == ["checkpoint_000000004", "checkpoint_000000008"]
-    exported = {p.name for p in result.final_dir.iterdir()}
+    exported = {p.name for p in Path(result.final_dir).iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= exported
 
 
