@@ -10,6 +10,7 @@ import contextlib
 import os
 import posixpath
 import tempfile
+import uuid
 from collections.abc import Iterator
 
 import pyarrow.fs as pafs
@@ -63,9 +64,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         with filesystem.open_output_stream(inner) as stream:
             stream.write(text.encode("utf-8"))
         return
-    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(inner), delete=False, encoding="utf-8") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, inner)
+    partial = f"{inner}.{uuid.uuid4().hex[:8]}.partial"  # open() honours the umask, unlike mkstemp's 0600
+    with open(partial, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(partial, inner)
 
 
 def copy_dir(source: str | os.PathLike, destination: str | os.PathLike) -> None:
