@@ -7,6 +7,7 @@ and endpoints come from the environment as pyarrow reads them (an instance profi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 import tempfile
@@ -14,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 
 import pyarrow.fs as pafs
+
+from data.errors import DataError
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -31,16 +34,38 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def _clear_bucket_errors(function):
+    """A bucket's OSError (unreachable, no credentials, no permission) becomes a DataError naming the fix."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except OSError as error:
+            uris = [str(a) for a in args if isinstance(a, str | os.PathLike) and is_uri(a)]
+            if not uris:
+                raise
+            raise DataError(
+                f"{' -> '.join(uris)}: {error}. Check the URI, the network and the bucket's credentials "
+                "(AWS_* environment variables or the node's instance profile)"
+            ) from error
+
+    return wrapper
+
+
+@_clear_bucket_errors
 def exists(path: str | os.PathLike) -> bool:
     filesystem, inner = resolve(path)
     return filesystem.get_file_info(inner).type != pafs.FileType.NotFound
 
 
+@_clear_bucket_errors
 def is_file(path: str | os.PathLike) -> bool:
     filesystem, inner = resolve(path)
     return filesystem.get_file_info(inner).type == pafs.FileType.File
 
 
+@_clear_bucket_errors
 def list_files(directory: str | os.PathLike) -> list[str]:
     """Paths of the files under `directory` (recursively), relative to it; [] when it does not exist."""
     filesystem, inner = resolve(directory)
@@ -49,12 +74,14 @@ def list_files(directory: str | os.PathLike) -> list[str]:
     return sorted(posixpath.relpath(i.path, inner) for i in infos if i.type == pafs.FileType.File)
 
 
+@_clear_bucket_errors
 def read_text(path: str | os.PathLike) -> str:
     filesystem, inner = resolve(path)
     with filesystem.open_input_stream(inner) as stream:
         return stream.read().decode("utf-8")
 
 
+@_clear_bucket_errors
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a whole file so that a reader sees the old or the new contents, never half: a local file is
     written beside and renamed into place; a bucket object appears whole when its upload completes."""
@@ -70,6 +97,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(partial, inner)
 
 
+@_clear_bucket_errors
 def copy_dir(source: str | os.PathLike, destination: str | os.PathLike) -> None:
     """Copy a folder's files (local or bucket, either way)."""
     source_fs, source_inner = resolve(source)
@@ -78,6 +106,7 @@ def copy_dir(source: str | os.PathLike, destination: str | os.PathLike) -> None:
     pafs.copy_files(source_inner, destination_inner, source_fs, destination_fs)
 
 
+@_clear_bucket_errors
 def remove_dir(path: str | os.PathLike) -> None:
     """Delete a folder and everything under it; nothing when it does not exist."""
     filesystem, inner = resolve(path)

@@ -4,6 +4,7 @@ tests/conftest.py), and starting the run again resumes from the bucket's checkpo
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ import transformers
 
 from data import load_manifest, storage
 from orchestrator.checkpointing import load_model_from_checkpoint
+from orchestrator.cli import main
 from orchestrator.inference import fill_mask, load_model
 from orchestrator.run_dir import read_run_json
 from orchestrator.trainer import train
@@ -66,3 +68,13 @@ def test_a_run_in_a_bucket_trains_exports_and_resumes_from_there(ray_session, bu
     assert loaded.tokenizer_dir == data["tokenizer_dir"]
     (predictions,) = fill_mask(loaded, "the cat sees the [MASK].", top_k=3)
     assert len(predictions) == 3
+
+
+def test_an_unreachable_bucket_is_a_clear_error(s3_server, monkeypatch, capsys):
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{probe.getsockname()[1]}")
+    assert main(["data", "inspect", f"{s3_server}/prepared"]) == 2
+    error = capsys.readouterr().err
+    assert f"{s3_server}/prepared/manifest.json: " in error
+    assert "Check the URI, the network and the bucket's credentials" in error
