@@ -27,6 +27,13 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return posixpath.join(str(base), *parts) if is_uri(base) else os.path.join(base, *parts)
 
 
+def absolute(path: str | None) -> str | None:
+    """A local path made absolute (workers run in other folders); a URI as it is."""
+    if path is None or is_uri(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """The file system holding `path` and the path within it."""
     if is_uri(path):

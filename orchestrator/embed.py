@@ -10,14 +10,12 @@ written to Parquet.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from data import DataError
+from data import DataError, storage
 from data.hashing import text_key
 from data.readers import read_documents, resolve_corpus
 from data.sentences import normalize_text
@@ -127,7 +125,7 @@ def embed_corpus(
         raise UserError(f"pooling {settings.pooling!r} is unknown; choose one of {', '.join(POOLINGS)}")
     if settings.num_workers < 1 or settings.batch_size < 1:
         raise UserError("--num-workers and --batch-size must be 1 or more")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if storage.list_files(out_dir):
         raise UserError(f"--out {out_dir} exists and is not empty; choose a new folder or delete it")
     files = resolve_corpus(corpus, input_format)
     if files.total_bytes == 0:
@@ -142,8 +140,8 @@ def embed_corpus(
     embedded = documents.map_batches(
         CorpusEmbedder,
         fn_constructor_kwargs={
-            "model_dir": os.path.abspath(model_dir),
-            "tokenizer_dir": tokenizer_dir and os.path.abspath(tokenizer_dir),
+            "model_dir": storage.absolute(model_dir),
+            "tokenizer_dir": storage.absolute(tokenizer_dir),
             "settings": settings,
         },
         batch_size=settings.batch_size,
@@ -155,7 +153,7 @@ def embed_corpus(
     embedded.write_parquet(out_dir)
     rows = _parquet_rows(out_dir)
     if rows == 0:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        storage.remove_dir(out_dir)
         raise DataError(
             f"the corpus {corpus} holds no documents (only blank lines?): there is nothing to embed"
         )
@@ -165,7 +163,6 @@ def embed_corpus(
 def _parquet_rows(out_dir: str) -> int:
     import pyarrow.parquet as pq
 
-    if not os.path.isdir(out_dir):
-        return 0
-    paths = [os.path.join(out_dir, name) for name in os.listdir(out_dir) if name.endswith(".parquet")]
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+    filesystem, inner = storage.resolve(out_dir)
+    names = [name for name in storage.list_files(out_dir) if name.endswith(".parquet")]
+    return sum(pq.ParquetFile(f"{inner}/{name}", filesystem=filesystem).metadata.num_rows for name in names)

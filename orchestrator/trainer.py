@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,15 +56,15 @@ def resolve_job(
     job = apply_scaling_flags(job, num_workers, use_gpu)
     checkpoint = dataclasses.replace(
         job.checkpoint,
-        storage_path=_absolute(job.checkpoint.storage_path),
-        init_from=_absolute(init_from or job.checkpoint.init_from),
+        storage_path=storage.absolute(job.checkpoint.storage_path),
+        init_from=storage.absolute(init_from or job.checkpoint.init_from),
     )
-    corpus = [entry if entry == BUILTIN_CORPUS_WORD else _absolute(entry) for entry in job.data.corpus]
+    corpus = [entry if entry == BUILTIN_CORPUS_WORD else storage.absolute(entry) for entry in job.data.corpus]
     data_paths = dataclasses.replace(
         job.data,
         corpus=corpus,
-        tokenizer_dir=_absolute(job.data.tokenizer_dir),
-        prepared_dir=_absolute(job.data.prepared_dir),
+        tokenizer_dir=storage.absolute(job.data.tokenizer_dir),
+        prepared_dir=storage.absolute(job.data.prepared_dir),
     )
     resolved = dataclasses.replace(job, checkpoint=checkpoint, data=data_paths)
     return config_from_dict(resolved.to_dict())  # validate again: the flags may be out of range
@@ -244,10 +243,3 @@ def _checkpoint_uri(checkpoint: ray.train.Checkpoint, storage_path: str) -> str:
     if storage.is_uri(storage_path):
         return f"{storage_path.split('://', 1)[0]}://{checkpoint.path}"
     return checkpoint.path
-
-
-def _absolute(path: str | None) -> str | None:
-    """Local paths relative to the working directory become absolute; URIs (s3://, gs://) stay as they are."""
-    if path is None or "://" in path:
-        return path
-    return os.path.abspath(os.path.expanduser(path))

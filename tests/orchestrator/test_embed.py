@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data import DataError
+from data import DataError, storage
 from data.hashing import text_key
 from orchestrator.cli import main
 from orchestrator.embed import CorpusEmbedder, EmbedSettings, embed_corpus
@@ -40,14 +40,18 @@ def encoder_output(model_dir, text: str) -> torch.Tensor:
     return sequence_output[0].detach()
 
 
+@pytest.mark.parametrize("place", ["local", "bucket"])
 def test_corpus_vectors_equal_the_encoder_and_parquet_has_a_row_per_document(
-    model_dir, tmp_path, ray_session
+    model_dir, tmp_path, ray_session, s3_server, place
 ):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": text, "other": 1}) + "\n" for text in TEXTS))
-    out = tmp_path / "vectors"
+    source, out = str(model_dir), str(tmp_path / "vectors")
+    if place == "bucket":  # the model read from a bucket and the vectors written to it
+        source, out = f"{s3_server}/embed/final", f"{s3_server}/embed/vectors"
+        storage.copy_dir(model_dir, source)
     settings = EmbedSettings(pooling="mean", batch_size=2, num_workers=1, cpus_per_worker=0.5)
-    assert embed_corpus(str(model_dir), [str(corpus)], str(out), settings) == len(TEXTS)
+    assert embed_corpus(source, [str(corpus)], out, settings) == len(TEXTS)
 
     table = pq.read_table(out)
     assert table.num_rows == len(TEXTS)
