@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from data import storage
 from data.errors import DataError
 
 BUILTIN_CORPUS_WORD = "builtin"
@@ -67,7 +68,7 @@ def resolve_corpus(corpus: list[str], input_format: str = "auto") -> CorpusFiles
 
 
 def _expand(entry: str) -> list[tuple[str, int]]:
-    if "://" in entry:
+    if storage.is_uri(entry):
         filesystem, root = pafs.FileSystem.from_uri(entry)
         scheme = entry.split("://", 1)[0]
         info = filesystem.get_file_info(root)
@@ -113,7 +114,7 @@ def _directory_bytes(path: str) -> int:
 
 
 def _detect_format(path: str) -> str:
-    if "://" not in path and os.path.isdir(path):
+    if not storage.is_uri(path) and os.path.isdir(path):
         return "hf"
     return _EXTENSION_FORMATS.get(os.path.splitext(path)[1].lower(), "text")
 
@@ -191,14 +192,8 @@ def cluster_cpus() -> int:
 
 
 def _file_size(path: str) -> int:
-    filesystem, inner = _filesystem(path)
+    filesystem, inner = storage.resolve(path)
     return filesystem.get_file_info(inner).size
-
-
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
 def _read_range_documents(batch: pa.Table) -> Iterator[pa.Table]:
@@ -226,7 +221,7 @@ def decode_replacing(raw: bytes) -> tuple[str, int]:
 
 def iter_range_documents(path: str, start: int, end: int) -> Iterator[bytes]:
     """The documents (blank-line separated) whose first byte is in [start, end), in pieces of bounded size."""
-    filesystem, inner = _filesystem(path)
+    filesystem, inner = storage.resolve(path)
     with filesystem.open_input_file(inner) as stream:
         line_start = _first_line_start(stream, start)
         if line_start is None or line_start >= end:
@@ -349,7 +344,7 @@ def iter_corpus_texts(files: CorpusFiles, text_field: str = "text") -> Iterator[
     import pyarrow.dataset as pads
 
     for path in files.paths:
-        filesystem, inner = _filesystem(path)
+        filesystem, inner = storage.resolve(path)
         source_format = pads.JsonFileFormat() if files.input_format == "jsonl" else "parquet"
         table_source = pads.dataset(inner, filesystem=filesystem, format=source_format)
         _require_field(text_field, table_source.schema.names, path)

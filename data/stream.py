@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.collate_fn import NumpyBatchCollateFn
+from tokenizers import Tokenizer
 
 from data import storage
 from data.config import MaskingConfig
 from data.errors import DataError
-from data.manifest import TOKENIZER_DIR, load_manifest
+from data.manifest import TOKENIZER_DIR, Manifest, load_manifest
 from data.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from data.tokenizer import load_tokenizer, tokenizer_hash
 
@@ -39,8 +40,11 @@ writes 0 everywhere (and the model runs with NSP off)."""
 
 def check_tokenizer(prepared_dir: str, tokenizer_dir: str) -> None:
     """Raise a DataError when `tokenizer_dir` is not the tokenizer `prepared_dir` was made with."""
-    manifest = load_manifest(prepared_dir)
-    actual = tokenizer_hash(tokenizer_dir)
+    _check_tokenizer(load_manifest(prepared_dir), prepared_dir, tokenizer_dir, load_tokenizer(tokenizer_dir))
+
+
+def _check_tokenizer(manifest: Manifest, prepared_dir: str, tokenizer_dir: str, tokenizer: Tokenizer) -> None:
+    actual = tokenizer_hash(tokenizer)
     if actual != manifest.tokenizer_hash:
         raise DataError(
             f"the tokenizer at {tokenizer_dir} (hash {actual}) is not the one {prepared_dir} was prepared "
@@ -67,8 +71,10 @@ def build_train_dataset(
             f"{prepared_dir} has no {split!r} split (it has {', '.join(manifest.shards)}); "
             "prepare with --eval-fraction F > 0 for an eval split"
         )
-    check_tokenizer(prepared_dir, storage.join(prepared_dir, TOKENIZER_DIR))
-    vocab = MaskingVocab.from_tokenizer(load_tokenizer(storage.join(prepared_dir, TOKENIZER_DIR)))
+    tokenizer_dir = storage.join(prepared_dir, TOKENIZER_DIR)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    _check_tokenizer(manifest, prepared_dir, tokenizer_dir, tokenizer)
+    vocab = MaskingVocab.from_tokenizer(tokenizer)
     if len(vocab.is_special) < manifest.vocab_size:
         raise DataError(f"the tokenizer copy in {prepared_dir} is damaged; run `bert-pretrain prepare` again")
     shards = [storage.join(prepared_dir, path) for path in manifest.shards[split]]

@@ -139,9 +139,12 @@ def _parent(path: str) -> str:
     return posixpath.dirname(path) if storage.is_uri(path) else os.path.dirname(os.path.abspath(path))
 
 
-def tokenizer_hash(path: str) -> str:
-    """A hash of what the tokenizer does (its canonical serialisation), the same for every copy of it."""
-    return hashlib.sha256(load_tokenizer(path).to_str().encode()).hexdigest()[:16]
+def tokenizer_hash(tokenizer: str | Tokenizer) -> str:
+    """A hash of what the tokenizer (or the one at a path) does: its canonical serialisation, the same for
+    every copy of it."""
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = load_tokenizer(tokenizer)
+    return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
 
 
 def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from data import storage
 from orchestrator.cli import UserError
 from orchestrator.config import JobConfig
 from orchestrator.tracking import resolve_tracking_uri
@@ -139,7 +140,9 @@ def local_paths(config: JobConfig) -> list[str]:
         "data.tokenizer_dir": config.data.tokenizer_dir,
         "data.prepared_dir": config.data.prepared_dir,
     }
-    return [f"{key}={path}" for key, path in paths.items() if "://" not in path and not os.path.isabs(path)]
+    return [
+        f"{key}={path}" for key, path in paths.items() if not storage.is_uri(path) and not os.path.isabs(path)
+    ]
 
 
 def submit_run(client, config: JobConfig) -> str:
