@@ -1,7 +1,7 @@
 """Training throughput on CPU: a whole Ray Train run with 1 and 2 workers against the bare model loop.
 
 The bare loop is the model, AdamW and the same masked batches (collated in advance, in memory) in this
-process with one torch thread. The Ray Train runs are `orchestrator.trainer.train` on a local Ray, one
+process with one torch thread. The Ray Train runs are `orchestrator.train.driver.train` on a local Ray, one
 torch thread per worker, the same global batch, reading the same prepared data through Ray Data.
 
 Tokens are non-padding tokens. For the runs, tokens/s is the steady state the workers report (every logging
@@ -34,8 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 from data import build_train_dataset, make_collate_fn
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import OptimConfig, config_from_dict
-from orchestrator.optim import build_optimizer
-from orchestrator.trainer import ensure_prepared_data, resolve_job, train
+from orchestrator.train.driver import ensure_prepared_data, resolve_job, train
+from orchestrator.train.optim import build_optimizer
 
 
 class MetricsFile(ray.train.UserCallback):

@@ -1,9 +1,9 @@
 """The job config: one dataclass per concern, composed into `JobConfig`, loaded strictly from a YAML recipe.
 
-Each section lives with its owner (masking, tokenizer and prepare settings in `data`, MLflow in
-`orchestrator.tracking`); this module adds the training sections and the generic loader: an unknown key or a
-value of the wrong type is an error naming the key, its section and the valid choices. Overrides use dotted
-keys (`optim.lr=2e-4`), their values parsed as YAML scalars.
+The data sections live with their owner (masking, tokenizer and prepare settings in `data`); this module adds
+the training and tracking sections and the generic loader: an unknown key or a value of the wrong type is an
+error naming the key, its section and the valid choices. Overrides use dotted keys (`optim.lr=2e-4`), their
+values parsed as YAML scalars.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import yaml
 from data.config import MaskingConfig, PrepareConfig, TokenizerConfig
 from data.errors import DataError
 from model import PRESETS
-from orchestrator.cli import UserError
-from orchestrator.tracking import MlflowConfig
+from orchestrator.errors import UserError
 
 # Recipes shipped in the repository's configs/ folder, selectable by bare name (`--config debug`).
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -141,6 +140,30 @@ class CheckpointConfig:
     """Worker failures to recover from (restarting from the latest checkpoint) before the run fails."""
     init_from: str | None = None
     """Start a new run from the weights (only) of this checkpoint or HF model folder; --init-from sets it."""
+
+
+@dataclass
+class MlflowConfig:
+    """Where and how a training run is recorded in MLflow."""
+
+    enabled: bool = True
+    """Record the run in MLflow; off, training runs without any tracking."""
+    tracking_uri: str = ""
+    """Tracking store or server; "" -> $MLFLOW_TRACKING_URI, else a SQLite store `mlflow.db` in the working
+    directory."""
+    artifact_location: str = ""
+    """Where a new experiment keeps artifacts; "" -> `mlartifacts` beside a SQLite store, else the server's
+    default."""
+    experiment_name: str = "bert-pretrain"
+    """The MLflow experiment the run belongs to (created when missing)."""
+    log_system_metrics: bool = False
+    """Also log CPU, memory and GPU use of the driver's machine (MLflow system metrics, `system/...`)."""
+    registered_model_name: str = ""
+    """Register the final model in the MLflow Model Registry under this name; "" -> not registered."""
+    max_buffered_metrics: int = 100_000
+    """Metrics kept while the tracking server does not answer; beyond this the oldest are dropped."""
+    flush_timeout_s: float = 60.0
+    """How long the end of training waits for buffered metrics to reach the tracking server."""
 
 
 @dataclass

@@ -25,10 +25,11 @@ from pathlib import Path
 import yaml
 
 from data import storage
-from orchestrator.cli import UserError
 from orchestrator.config import JobConfig
-from orchestrator.tracking import resolve_tracking_uri
-from orchestrator.tracking_params import redact
+from orchestrator.errors import UserError
+from orchestrator.tracking.params import redact
+from orchestrator.tracking.run import resolve_tracking_uri
+from orchestrator.train.resources import plan_batches
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # where `ray dashboard cluster.yaml` forwards the head's dashboard
 CONNECT_TIMEOUT_S = 10.0
@@ -131,6 +132,18 @@ def _environ(**values: str | None) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def check_submittable(config: JobConfig) -> list[str]:
+    """Refuse what can be checked before anything reaches the cluster (the batch split); return the settings
+    that name relative paths, worth a warning."""
+    plan_batches(
+        config.train.global_batch_size,
+        config.train.micro_batch_size,
+        config.scaling.num_workers,
+        uneven=config.scaling.elastic,
+    )
+    return local_paths(config)
 
 
 def local_paths(config: JobConfig) -> list[str]:

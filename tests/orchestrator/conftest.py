@@ -13,9 +13,9 @@ import torch
 
 from data import load_tokenizer
 from model import BertConfig, BertForPreTraining
-from orchestrator.checkpointing import TOKENIZER_FILES
 from orchestrator.config import JobConfig, config_from_dict
-from orchestrator.trainer import ensure_prepared_data, resolve_job
+from orchestrator.train.checkpoints import TOKENIZER_FILES
+from orchestrator.train.driver import ensure_prepared_data, resolve_job
 from tests.orchestrator import reports
 
 # The Ray Train controller unpickles the test callback: send its code along instead of importing `tests`.

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import yaml
 
-from orchestrator.cli import UserError, main
+from orchestrator.cli import main
 from orchestrator.config import (
     RECIPES_DIR,
     JobConfig,
@@ -16,6 +16,7 @@ from orchestrator.config import (
     config_from_dict,
     load_config,
 )
+from orchestrator.errors import UserError
 
 RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 

@@ -9,7 +9,9 @@ import torch
 
 from data import storage
 from model import BertConfig, BertForPreTraining
-from orchestrator.checkpointing import (
+from orchestrator.config import OptimConfig, ScalingConfig
+from orchestrator.errors import UserError
+from orchestrator.train.checkpoints import (
     TrainState,
     export_final,
     init_weights_from,
@@ -17,11 +19,9 @@ from orchestrator.checkpointing import (
     rng_state,
     save_checkpoint,
 )
-from orchestrator.cli import UserError
-from orchestrator.config import OptimConfig, ScalingConfig
-from orchestrator.optim import Lamb, build_optimizer, build_scheduler, lr_multiplier, parameter_groups
-from orchestrator.resources import check_resources, plan_batches, ray_worker_count
-from orchestrator.train_loop import progress_line
+from orchestrator.train.loop import progress_line
+from orchestrator.train.optim import Lamb, build_optimizer, build_scheduler, lr_multiplier, parameter_groups
+from orchestrator.train.resources import check_resources, plan_batches, ray_worker_count
 
 
 def tiny_model(seed: int = 0, vocab_size: int = 99) -> BertForPreTraining:

@@ -1,9 +1,9 @@
 """Run a short training on a 2-node Ray cluster (`ray.cluster_utils.Cluster`) and print what happened as JSON.
 
-Run as `python -m tests.orchestrator.two_nodes PREPARED_CORPUS_JSON ROOT` from a test: the cluster needs its
-own Ray instance, apart from the test session's. The head has 3 CPUs and the second node 2; each worker takes
-2, so the two workers cannot share a node, and the head keeps 1 CPU for Ray Data. The run is the exact-batch
-job of `conftest.exact_batch_job`; every report goes to ROOT/reports.jsonl.
+Run as `python -m tests.orchestrator.train.two_nodes PREPARED_CORPUS_JSON ROOT` from a test: the cluster
+needs its own Ray instance, apart from the test session's. The head has 3 CPUs and the second node 2; each
+worker takes 2, so the two workers cannot share a node, and the head keeps 1 CPU for Ray Data. The run is the
+exact-batch job of `conftest.exact_batch_job`; every report goes to ROOT/reports.jsonl.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-from orchestrator.trainer import train
+from orchestrator.train.driver import train
 from tests.orchestrator.conftest import exact_batch_job
 from tests.orchestrator.reports import ReportRecorder
 

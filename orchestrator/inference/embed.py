@@ -20,7 +20,7 @@ from data.hashing import text_key
 from data.readers import read_documents, resolve_corpus
 from data.sentences import normalize_text
 from data.tokenizer import PAD
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 
 POOLINGS = ("cls", "mean", "tokens")
 
@@ -48,7 +48,7 @@ class CorpusEmbedder:
     def __init__(self, model_dir: str, tokenizer_dir: str | None, settings: EmbedSettings) -> None:
         import torch
 
-        from orchestrator.inference import load_model
+        from orchestrator.inference.loading import load_model
 
         torch.set_num_threads(max(1, int(settings.cpus_per_worker)))
         self.loaded = load_model(model_dir, tokenizer_dir, device="cuda" if settings.use_gpu else "cpu")
@@ -131,7 +131,7 @@ def embed_corpus(
     if files.total_bytes == 0:
         raise DataError(f"the corpus {corpus} is empty (0 bytes): there is nothing to embed")
     # Fail here, not inside an actor, on a folder that is not a model or a tokenizer that does not fit.
-    from orchestrator.inference import load_model
+    from orchestrator.inference.loading import load_model
 
     load_model(model_dir, tokenizer_dir)
     if not ray.is_initialized():

@@ -10,18 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.trainer import train
+from orchestrator.train.driver import train
 from tests.orchestrator.conftest import exact_batch_job
 from tests.orchestrator.reports import ReportRecorder, read_reports
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_two_workers_on_two_nodes_equal_one_worker_accumulating_two(tmp_path, prepared_corpus):
     two_nodes = tmp_path / "two-nodes"
     two_nodes.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "tests.orchestrator.two_nodes", json.dumps(prepared_corpus), str(two_nodes)],
+        [
+            sys.executable,
+            "-m",
+            "tests.orchestrator.train.two_nodes",
+            json.dumps(prepared_corpus),
+            str(two_nodes),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime
 
-from orchestrator.train_commands import add_run_arguments
+from orchestrator.cli.train import add_run_arguments
 
 ADDRESS_HELP = (
     "the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
@@ -57,19 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_submit(args: argparse.Namespace) -> int:
     from orchestrator.config import apply_scaling_flags, load_config
-    from orchestrator.jobs import MlflowRunFinder, connect, follow_logs, local_paths, submit_run
-    from orchestrator.resources import plan_batches
-    from orchestrator.tracking_params import redact
+    from orchestrator.jobs import MlflowRunFinder, check_submittable, connect, follow_logs, submit_run
+    from orchestrator.tracking.params import redact
 
-    # Validate everything that can be checked here before anything reaches the cluster.
     config = apply_scaling_flags(load_config(args.config, args.overrides), args.num_workers, args.use_gpu)
-    plan_batches(
-        config.train.global_batch_size,
-        config.train.micro_batch_size,
-        config.scaling.num_workers,
-        uneven=config.scaling.elastic,
-    )
-    for setting in local_paths(config):
+    for setting in check_submittable(config):
         print(
             f"warning: {setting} is relative: on the cluster it resolves in the head node's home folder, "
             "which the GPU nodes do not share; use a shared folder or bucket"

@@ -12,13 +12,13 @@ import logging
 import os
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import UserError
+from orchestrator.config import MlflowConfig
+from orchestrator.errors import UserError
 from orchestrator.run_dir import read_run_json, update_run_json
-from orchestrator.tracking_params import config_to_params, redact
+from orchestrator.tracking.params import config_to_params, redact
 
 logger = logging.getLogger(__name__)
 
@@ -26,30 +26,6 @@ RUN_ID_KEY = "mlflow_run_id"  # in run.json
 EMBEDDED_STORE_FILE = "mlflow.db"
 EMBEDDED_ARTIFACTS_DIR = "mlartifacts"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-@dataclass
-class MlflowConfig:
-    """Where and how a training run is recorded in MLflow."""
-
-    enabled: bool = True
-    """Record the run in MLflow; off, training runs without any tracking."""
-    tracking_uri: str = ""
-    """Tracking store or server; "" -> $MLFLOW_TRACKING_URI, else a SQLite store `mlflow.db` in the working
-    directory."""
-    artifact_location: str = ""
-    """Where a new experiment keeps artifacts; "" -> `mlartifacts` beside a SQLite store, else the server's
-    default."""
-    experiment_name: str = "bert-pretrain"
-    """The MLflow experiment the run belongs to (created when missing)."""
-    log_system_metrics: bool = False
-    """Also log CPU, memory and GPU use of the driver's machine (MLflow system metrics, `system/...`)."""
-    registered_model_name: str = ""
-    """Register the final model in the MLflow Model Registry under this name; "" -> not registered."""
-    max_buffered_metrics: int = 100_000
-    """Metrics kept while the tracking server does not answer; beyond this the oldest are dropped."""
-    flush_timeout_s: float = 60.0
-    """How long the end of training waits for buffered metrics to reach the tracking server."""
 
 
 def resolve_tracking_uri(config: MlflowConfig) -> str:
@@ -201,7 +177,7 @@ class RunTracker:
             from ray.train import UserCallback
 
             return UserCallback()
-        from orchestrator.tracking_metrics import MetricsCallback
+        from orchestrator.tracking.metrics import MetricsCallback
 
         return MetricsCallback(
             self.tracking_uri,

@@ -16,10 +16,10 @@ from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
 from model import BertForPreTraining
-from orchestrator.checkpointing import read_train_state
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 from orchestrator.run_dir import read_run_json
-from orchestrator.trainer import train
+from orchestrator.train.checkpoints import read_train_state
+from orchestrator.train.driver import train
 from tests.orchestrator.conftest import make_job
 from tests.orchestrator.reports import ReportRecorder, read_reports
 

@@ -15,10 +15,11 @@ from ray.train import Checkpoint, UserCallback
 from ray.train.v2._internal.execution.training_report import _TrainingReport
 
 from model import BertConfig, BertForPreTraining
+from orchestrator.config import MlflowConfig
 from orchestrator.run_dir import read_run_json, update_run_json
-from orchestrator.tracking import MlflowConfig, RunTracker
-from orchestrator.tracking_metrics import MetricsCallback
-from orchestrator.tracking_params import is_secret_key
+from orchestrator.tracking.metrics import MetricsCallback
+from orchestrator.tracking.params import is_secret_key
+from orchestrator.tracking.run import RunTracker
 from tests.orchestrator.tracking_helpers import MlflowServer
 
 DOES_NOT_HANG_S = 5.0  # a generous bound for calls that must not wait on the tracking server

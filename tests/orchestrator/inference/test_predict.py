@@ -13,9 +13,11 @@ import transformers
 from data import load_tokenizer
 from data.tokenizer import MASK, SPECIAL_TOKENS, save_tokenizer
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
-from orchestrator.checkpointing import TrainState, save_checkpoint
-from orchestrator.cli import UserError, main
-from orchestrator.inference import fill_mask, load_model, next_sentence_probability, token_representations
+from orchestrator.cli import main
+from orchestrator.errors import UserError
+from orchestrator.inference.loading import load_model
+from orchestrator.inference.predict import fill_mask, next_sentence_probability, token_representations
+from orchestrator.train.checkpoints import TrainState, save_checkpoint
 from tests.orchestrator.conftest import copy_tokenizer_files
 
 # Four memorised pairs: a sentence A and the sentence B that follows it.

@@ -11,11 +11,12 @@ import torch
 import transformers
 
 from data import load_manifest, storage
-from orchestrator.checkpointing import load_model_from_checkpoint
 from orchestrator.cli import main
-from orchestrator.inference import fill_mask, load_model
+from orchestrator.inference.loading import load_model
+from orchestrator.inference.predict import fill_mask
 from orchestrator.run_dir import read_run_json
-from orchestrator.trainer import train
+from orchestrator.train.checkpoints import load_model_from_checkpoint
+from orchestrator.train.driver import train
 from tests.orchestrator.conftest import make_job, write_corpus
 from tests.orchestrator.reports import ReportRecorder, read_reports
 

@@ -12,8 +12,8 @@ import torch
 from data import DataError, storage
 from data.hashing import text_key
 from orchestrator.cli import main
-from orchestrator.embed import CorpusEmbedder, EmbedSettings, embed_corpus
-from orchestrator.inference import load_model
+from orchestrator.inference.embed import CorpusEmbedder, EmbedSettings, embed_corpus
+from orchestrator.inference.loading import load_model
 from tests.orchestrator.conftest import RANDOM_MODEL_HIDDEN, save_random_model
 
 TEXTS = [

@@ -73,7 +73,7 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
-    from orchestrator.trainer import resolve_job, train
+    from orchestrator.train.driver import resolve_job, train
 
     # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C, so the MLflow run is marked KILLED.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -2,7 +2,7 @@
 
 Resolves the config (absolute paths, worker flags), builds the tokenizer and prepared data when they are
 missing or stale, works out the batch split and checks the cluster can hold the run, then runs Ray Train's
-`TorchTrainer` with `orchestrator.train_loop.train_worker` on every rank, and exports the last checkpoint in
+`TorchTrainer` with `orchestrator.train.loop.train_worker` on every rank, and exports the last checkpoint in
 HF format with the tokenizer. Starting the same run again (same storage path and run name) resumes it: Ray
 Train reloads the run's checkpoint list from storage and the workers restore the latest one.
 """
@@ -26,13 +26,13 @@ import data
 from data import storage
 from data.manifest import MANIFEST_FILE
 from data.readers import BUILTIN_CORPUS_WORD  # the embedded default; data resolves it
-from orchestrator.checkpointing import check_init_from, export_final, read_train_state
-from orchestrator.cli import UserError
 from orchestrator.config import JobConfig, WorkerCount, apply_scaling_flags, config_from_dict
-from orchestrator.resources import check_resources, plan_batches, ray_worker_count
+from orchestrator.errors import UserError
 from orchestrator.run_dir import update_run_json
-from orchestrator.tracking import RunTracker, ray_job_tags
-from orchestrator.train_loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
+from orchestrator.tracking.run import RunTracker, ray_job_tags
+from orchestrator.train.checkpoints import check_init_from, export_final, read_train_state
+from orchestrator.train.loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
+from orchestrator.train.resources import check_resources, plan_batches, ray_worker_count
 
 TOKENIZER_SETTINGS_FILE = "bert_pretrain_tokenizer.json"  # written beside a tokenizer that `train` built
 

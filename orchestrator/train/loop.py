@@ -41,16 +41,16 @@ from torch import nn
 
 from data import ExactBatches, PadAndCollate, make_collate_fn
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining, compile_model
-from orchestrator.checkpointing import (
+from orchestrator.config import JobConfig, config_from_dict
+from orchestrator.train.checkpoints import (
     TrainState,
     init_weights_from,
     load_checkpoint,
     rng_state,
     save_checkpoint,
 )
-from orchestrator.config import JobConfig, config_from_dict
-from orchestrator.optim import build_optimizer, build_scheduler
-from orchestrator.resources import BatchPlan, plan_batches
+from orchestrator.train.optim import build_optimizer, build_scheduler
+from orchestrator.train.resources import BatchPlan, plan_batches
 
 EVAL_DATASET = "eval"
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")

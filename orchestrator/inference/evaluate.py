@@ -14,8 +14,8 @@ import torch
 
 from data import MaskingConfig, build_train_dataset, load_manifest, make_collate_fn, storage, tokenizer_hash
 from data.manifest import TOKENIZER_DIR
-from orchestrator.cli import UserError
-from orchestrator.inference import MLM_HEAD_TENSOR, LoadedModel
+from orchestrator.errors import UserError
+from orchestrator.inference.loading import MLM_HEAD_TENSOR, LoadedModel
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
 

@@ -6,19 +6,17 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from orchestrator.errors import UserError
+
 # Each command module exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
 # They import torch and Ray inside their handlers, so that `--help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
-    "orchestrator.data_commands",
-    "orchestrator.train_commands",
-    "orchestrator.tracking_commands",
-    "orchestrator.inference_commands",
-    "orchestrator.jobs_commands",
+    "orchestrator.cli.data",
+    "orchestrator.cli.train",
+    "orchestrator.cli.tracking",
+    "orchestrator.cli.inference",
+    "orchestrator.cli.jobs",
 )
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one clear message, exit status 2, no traceback."""
 
 
 def _is_user_error(error: BaseException) -> bool:
@@ -62,10 +60,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bert-pretrain {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    # Through the imported module, so that `UserError` is the class the command modules raise.
-    from orchestrator.cli import main as cli_main
-
-    sys.exit(cli_main())

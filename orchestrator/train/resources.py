@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.cli import UserError
 from orchestrator.config import ScalingConfig
+from orchestrator.errors import UserError
 
 
 @dataclass(frozen=True)

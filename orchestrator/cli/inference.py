@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import json
 
-from orchestrator.data_commands import add_corpus_format_arguments
+from orchestrator.cli.data import add_corpus_format_arguments
 
 MODEL_HELP = "model folder: a run's final/, any HF BERT checkpoint folder, or a training checkpoint folder"
 TOKENIZER_HELP = "tokenizer dir (tokenizer.json or vocab.txt); default: the one in the model folder"
@@ -100,7 +100,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_fill_mask(args: argparse.Namespace) -> int:
-    from orchestrator.inference import fill_mask, load_model
+    from orchestrator.inference.loading import load_model
+    from orchestrator.inference.predict import fill_mask
 
     loaded = load_model(args.model, args.tokenizer, args.device)
     predictions = fill_mask(loaded, args.text, args.top_k)
@@ -115,7 +116,8 @@ def run_fill_mask(args: argparse.Namespace) -> int:
 
 
 def run_nsp(args: argparse.Namespace) -> int:
-    from orchestrator.inference import load_model, next_sentence_probability
+    from orchestrator.inference.loading import load_model
+    from orchestrator.inference.predict import next_sentence_probability
 
     probability = next_sentence_probability(
         load_model(args.model, args.tokenizer, args.device), args.first, args.second
@@ -128,7 +130,7 @@ def run_nsp(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from orchestrator.cli import UserError
+    from orchestrator.errors import UserError
 
     if args.text is not None:
         if args.out:
@@ -136,7 +138,7 @@ def run_embed(args: argparse.Namespace) -> int:
         return _show_token_representations(args)
     if not args.out:
         raise UserError("--input CORPUS needs --out DIR, the Parquet folder to write")
-    from orchestrator.embed import EmbedSettings, embed_corpus
+    from orchestrator.inference.embed import EmbedSettings, embed_corpus
 
     settings = EmbedSettings(
         pooling=args.pooling,
@@ -157,7 +159,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def _show_token_representations(args: argparse.Namespace) -> int:
-    from orchestrator.inference import load_model, token_representations
+    from orchestrator.inference.loading import load_model
+    from orchestrator.inference.predict import token_representations
 
     tokens, vectors = token_representations(load_model(args.model, args.tokenizer, args.device), args.text)
     norms = vectors.norm(dim=-1).tolist()
@@ -175,13 +178,14 @@ def _show_token_representations(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from orchestrator.evaluate import evaluate, log_to_mlflow
-    from orchestrator.inference import load_model
+    from orchestrator.inference.evaluate import evaluate, log_to_mlflow
+    from orchestrator.inference.loading import load_model
 
     loaded = load_model(args.model, args.tokenizer, args.device)
     result = evaluate(loaded, args.data, split=args.split, seed=args.seed, batch_size=args.batch_size)
     if args.mlflow_run:
-        from orchestrator.tracking import MlflowConfig, resolve_tracking_uri
+        from orchestrator.config import MlflowConfig
+        from orchestrator.tracking.run import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(MlflowConfig(tracking_uri=args.tracking_uri))
         log_to_mlflow(result, args.mlflow_run, tracking_uri, args.split)

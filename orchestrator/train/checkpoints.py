@@ -22,7 +22,7 @@ from safetensors.torch import load_model, save_model
 
 from data import storage
 from model import BertConfig, BertForPreTraining
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model_config.json"

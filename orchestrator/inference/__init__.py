@@ -1,0 +1,1 @@
+"""After pretraining: load a model, fill in masks, score sentence pairs, embed a corpus, evaluate."""

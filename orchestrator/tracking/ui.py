@@ -1,0 +1,60 @@
+"""The MLflow UI over a tracking store: `mlflow server` on the given address, until interrupted."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.config import MlflowConfig
+from orchestrator.errors import UserError
+from orchestrator.tracking.params import redact
+from orchestrator.tracking.run import EMBEDDED_ARTIFACTS_DIR, resolve_tracking_uri
+
+
+def serve_ui(backend_store_uri: str, host: str, port: int) -> int:
+    """Serve the MLflow UI over `backend_store_uri` ("" -> the embedded store) until interrupted."""
+    store_uri = resolve_tracking_uri(MlflowConfig(tracking_uri=backend_store_uri))
+    if store_uri.startswith(("http://", "https://")):
+        raise UserError(f"{redact(store_uri)} is a tracking server with its own UI: open it in a browser")
+    if store_uri.startswith("sqlite:///"):
+        database = Path(store_uri.removeprefix("sqlite:///"))
+        if not database.exists():
+            raise UserError(
+                f"no tracking store at {database}: run `bert-pretrain train` here first, or pass "
+                "--backend-store-uri"
+            )
+        artifacts = database.parent / EMBEDDED_ARTIFACTS_DIR
+    else:
+        artifacts = Path.cwd() / EMBEDDED_ARTIFACTS_DIR
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            message = f"cannot listen on {host}:{port} ({error.strerror}); pass another --port"
+            raise UserError(message) from error
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # The server's job runner serves GenAI features this project does not use; it would start seven processes.
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    print(f"MLflow UI: http://{host}:{port}  (store: {store_uri}; Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.run(command, env=env).returncode
+    except KeyboardInterrupt:
+        return 0
