@@ -1,10 +1,19 @@
 """The BERT encoder and its pretraining heads, in plain torch (no Ray, no MLflow).
 
 `BertConfig` and its `PRESETS`; `BertForPreTraining` (`.bert` is the encoder) with HF import/export
-(`from_hf`, `save_hf`); `compile_model` to apply torch.compile from outside.
+(`from_hf`, `save_hf`); `TokenLayout`, how a padded batch runs unpadded, and `attention_path` in words;
+`compile_model` to apply torch.compile from outside.
 """
 
-from model.bert import IGNORE_INDEX, BertForPreTraining, BertModel, PretrainingOutput, compile_model
+from model.bert import (
+    IGNORE_INDEX,
+    BertForPreTraining,
+    BertModel,
+    PretrainingOutput,
+    TokenLayout,
+    attention_path,
+    compile_model,
+)
 from model.config import PRESETS, BertConfig
 from model.hf import CheckpointError
 
@@ -16,5 +25,7 @@ __all__ = [
     "BertModel",
     "CheckpointError",
     "PretrainingOutput",
+    "TokenLayout",
+    "attention_path",
     "compile_model",
 ]

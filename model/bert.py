@@ -2,6 +2,9 @@
 
 Numerically the same network as `transformers.BertForPreTraining` (post-LayerNorm, exact GELU, tied decoder),
 built for training speed:
+- a batch with padding is unpadded before the embeddings: every layer works on a (tokens, hidden) tensor of
+  the real tokens, and attention runs per sequence on them (`TokenLayout`); a batch without padding keeps
+  the dense (batch, seq, hidden) path;
 - the MLM head (transform + tied vocabulary projection) runs only on the positions that carry a label;
 - query, key and value come from one fused projection; attention is `F.scaled_dot_product_attention`;
 - the word embeddings are padded to a multiple of `pad_vocab_multiple` rows (the padded logits are cut off).
@@ -14,6 +17,7 @@ HF checkpoint import/export lives beside this file, in `model/hf.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,63 @@ from model.config import BertConfig
 IGNORE_INDEX = -100
 
 
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the real tokens of a padded (B, S) batch are, once the batch is flattened to them (T tokens).
+
+    Sequence b holds the tokens offsets[b]:offsets[b+1], in position order; any mask pattern works, padding
+    on the right is the usual one.
+    """
+
+    indices: torch.Tensor
+    """(T,) the flat positions b * S + s of the real tokens, row by row."""
+    positions: torch.Tensor
+    """(T,) each real token's position s in its row."""
+    offsets: torch.Tensor
+    """(B + 1,) int64: where each sequence starts in the unpadded tensor, and the total T at the end."""
+    lengths: tuple[int, ...]
+    """The real length of each sequence, on the host."""
+    shape: tuple[int, int]
+    """(B, S) of the padded batch."""
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor | None) -> TokenLayout | None:
+        """The layout of a (B, S) mask (1 = real token); None when nothing is padded.
+
+        Reads the lengths on the host: the one synchronisation of an unpadded step.
+        """
+        if attention_mask is None:
+            return None
+        batch, seq_len = attention_mask.shape
+        real = attention_mask.bool()
+        row_lengths = real.sum(dim=1)  # (B,)
+        lengths = tuple(row_lengths.tolist())
+        if min(lengths) == seq_len:
+            return None
+        if min(lengths) == 0:
+            raise ValueError(
+                f"row {lengths.index(0)} of the batch has no real token (its attention_mask is all 0): "
+                "every sequence needs at least its [CLS] token"
+            )
+        indices = torch.nonzero_static(real.reshape(-1), size=sum(lengths)).squeeze(1)  # (T,), no sync
+        offsets = F.pad(row_lengths.cumsum(0), (1, 0))  # (B + 1,)
+        return cls(indices, indices % seq_len, offsets, lengths, (batch, seq_len))
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, S, ...) -> (T, ...): the values at the real tokens."""
+        return padded.reshape(-1, *padded.shape[2:]).index_select(0, self.indices)
+
+    def pad(self, unpadded: torch.Tensor) -> torch.Tensor:
+        """(T, ...) -> (B, S, ...), zeros at the padding positions."""
+        rest = unpadded.shape[1:]
+        padded = unpadded.new_zeros(self.shape[0] * self.shape[1], *rest)
+        return padded.index_copy(0, self.indices, unpadded).view(*self.shape, *rest)
+
+    def first_tokens(self, unpadded: torch.Tensor) -> torch.Tensor:
+        """(T, H) -> (B, H): each sequence's first real token ([CLS])."""
+        return unpadded.index_select(0, self.offsets[:-1])
+
+
 class Embeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -37,18 +98,26 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, layout: TokenLayout | None
+    ) -> torch.Tensor:
+        """(B, S, H), or (T, H) of the real tokens when a layout is given."""
         seq_len = input_ids.shape[1]
         if seq_len > self.position.num_embeddings:
             raise ValueError(
                 f"sequence length {seq_len} exceeds max_position_embeddings {self.position.num_embeddings}"
             )
+        if layout is None:
+            positions = self.position.weight[:seq_len]  # (S, H)
+        else:
+            input_ids, positions = layout.unpad(input_ids), self.position(layout.positions)  # (T,), (T, H)
+            token_type_ids = None if token_type_ids is None else layout.unpad(token_type_ids)
         if token_type_ids is None:
             token_types = self.token_type.weight[0]  # (H,) everything is segment A
         else:
-            token_types = self.token_type(token_type_ids.long())  # (B, S, H)
+            token_types = self.token_type(token_type_ids.long())  # (B, S, H) or (T, H)
         # Same summation order as HF: word + token type + position.
-        x = self.word(input_ids) + token_types + self.position.weight[:seq_len]  # (B, S, H)
+        x = self.word(input_ids) + token_types + positions
         return self.dropout(self.norm(x))
 
 
@@ -59,6 +128,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.attention_dropout = config.attention_probs_dropout_prob
+        self.unpadded_attention = config.unpadded_attention
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.attention_out = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -67,16 +137,83 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        batch, seq_len, hidden = x.shape
-        qkv = self.qkv(x).view(batch, seq_len, 3, self.num_heads, hidden // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_mask, dropout_p=self.attention_dropout if self.training else 0.0
-        )  # (B, nh, S, hs)
-        y = y.transpose(1, 2).reshape(batch, seq_len, hidden)  # (B, S, H)
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None, layout: TokenLayout | None
+    ) -> torch.Tensor:
+        """x is (B, S, H) with an SDPA mask (or None), or (T, H) of the real tokens with their layout."""
+        dropout_p = self.attention_dropout if self.training else 0.0
+        qkv = self.qkv(x)  # (B, S, 3H) or (T, 3H)
+        if layout is None:
+            y = _dense_attention(qkv, attention_mask, self.num_heads, dropout_p)
+        else:
+            y = unpadded_attention(qkv, layout, self.num_heads, dropout_p, self.unpadded_attention)
         x = self.attention_norm(x + self.dropout(self.attention_out(y)))
         return self.mlp_norm(x + self.dropout(self.mlp_out(F.gelu(self.mlp_in(x)))))
+
+
+def _dense_attention(
+    qkv: torch.Tensor, attention_mask: torch.Tensor | None, num_heads: int, dropout_p: float
+) -> torch.Tensor:
+    batch, seq_len, three_hidden = qkv.shape
+    hidden = three_hidden // 3
+    q, k, v = qkv.view(batch, seq_len, 3, num_heads, hidden // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
+    return y.transpose(1, 2).reshape(batch, seq_len, hidden)  # (B, nh, S, hs) -> (B, S, H)
+
+
+@torch.compiler.disable  # its shapes change with every batch's lengths; the compiled layer breaks around it
+def unpadded_attention(
+    qkv: torch.Tensor, layout: TokenLayout, num_heads: int, dropout_p: float, cuda_kernel: str
+) -> torch.Tensor:
+    """Self-attention within each sequence of the unpadded (T, 3H) projections; (T, H). No work on padding.
+
+    On CUDA one variable-length kernel call (`cuda_kernel`, see BertConfig.unpadded_attention); elsewhere one
+    SDPA call per sequence, which on CPU is faster than one call on the padded batch or on nested tensors.
+    """
+    tokens, three_hidden = qkv.shape
+    hidden = three_hidden // 3
+    q, k, v = qkv.view(tokens, 3, num_heads, hidden // num_heads).unbind(1)  # each (T, nh, hs)
+    if not qkv.is_cuda:
+        y = _attention_per_sequence(q, k, v, layout.lengths, dropout_p)
+    elif cuda_kernel == "varlen":
+        from torch.nn.attention.varlen import varlen_attn
+
+        offsets, longest = layout.offsets.to(torch.int32), max(layout.lengths)
+        y = varlen_attn(q, k, v, offsets, offsets, longest, longest)  # no dropout: this kernel has none
+    else:
+        y = nested_attention(q, k, v, layout, dropout_p)
+    y = y.reshape(tokens, hidden)
+    torch._dynamo.maybe_mark_dynamic(y, 0)  # the compiled rest of the layer: one graph for any token count
+    return y
+
+
+def _attention_per_sequence(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...], dropout_p: float
+) -> torch.Tensor:
+    outputs = []
+    for q_b, k_b, v_b in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True):
+        q_b, k_b, v_b = (t.transpose(0, 1).unsqueeze(0) for t in (q_b, k_b, v_b))  # each (1, nh, L, hs)
+        y = F.scaled_dot_product_attention(q_b, k_b, v_b, dropout_p=dropout_p)  # (1, nh, L, hs)
+        outputs.append(y[0].transpose(0, 1))  # (L, nh, hs)
+    return torch.cat(outputs)  # (T, nh, hs)
+
+
+def nested_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, dropout_p: float
+) -> torch.Tensor:
+    """(T, nh, hs) each -> (T, nh, hs): SDPA over nested jagged tensors (flash or memory-efficient on CUDA).
+
+    The lengths are passed in, so that the kernel's metadata costs no synchronisation.
+    """
+
+    def nested(values: torch.Tensor) -> torch.Tensor:
+        jagged = torch.nested.nested_tensor_from_jagged(
+            values, layout.offsets, min_seqlen=min(layout.lengths), max_seqlen=max(layout.lengths)
+        )  # (B, j, nh, hs)
+        return jagged.transpose(1, 2)  # (B, nh, j, hs)
+
+    y = F.scaled_dot_product_attention(nested(q), nested(k), nested(v), dropout_p=dropout_p)
+    return y.transpose(1, 2).values()  # (T, nh, hs)
 
 
 class BertModel(nn.Module):
@@ -85,6 +222,7 @@ class BertModel(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.activation_checkpointing = config.activation_checkpointing
+        self.unpad = config.unpad
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
@@ -95,27 +233,35 @@ class BertModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (sequence_output (B, S, H), pooled_output (B, H))."""
-        sequence_output = self.encode(input_ids, token_type_ids, attention_mask)
-        return sequence_output, self.pool(sequence_output)
+        """Returns (sequence_output (B, S, H), pooled_output (B, H)); unpadded, zeros at the padding."""
+        x, layout = self.encode(input_ids, token_type_ids, attention_mask)
+        pooled_output = self.pool(x, layout)
+        return (x if layout is None else layout.pad(x)), pooled_output
 
     def encode(
         self,
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        x = self.embeddings(input_ids, token_type_ids)  # (B, S, H)
-        mask = _sdpa_mask(attention_mask)
+    ) -> tuple[torch.Tensor, TokenLayout | None]:
+        """The last hidden states: (T, H) of the real tokens with their layout when the batch has padding
+        (and `unpad` is on), else (B, S, H) and None."""
+        layout = TokenLayout.of(attention_mask) if self.unpad else None
+        mask = None if layout is not None else _sdpa_mask(attention_mask)
+        x = self.embeddings(input_ids, token_type_ids, layout)
+        if layout is not None:
+            torch._dynamo.maybe_mark_dynamic(x, 0)  # compiled layers: one graph for any token count
         for layer in self.layers:
             if self.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, mask, use_reentrant=False)
+                x = checkpoint(layer, x, mask, layout, use_reentrant=False)
             else:
-                x = layer(x, mask)
-        return x
+                x = layer(x, mask, layout)
+        return x, layout
 
-    def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.pooler(sequence_output[:, 0]))  # (B, H) from [CLS]
+    def pool(self, hidden_states: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
+        """(B, H) from each sequence's [CLS], given `encode`'s output."""
+        cls = hidden_states[:, 0] if layout is None else layout.first_tokens(hidden_states)
+        return torch.tanh(self.pooler(cls))
 
 
 def _sdpa_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -197,24 +343,26 @@ class BertForPreTraining(nn.Module):
         mlm_normalizer: float | torch.Tensor | None = None,
         nsp_normalizer: float | torch.Tensor | None = None,
     ) -> PretrainingOutput:
-        """MLM + NSP losses and counts. `mlm_labels` (B, S) holds IGNORE_INDEX where nothing is predicted.
+        """MLM + NSP losses and counts. `mlm_labels` (B, S) holds IGNORE_INDEX where nothing is predicted
+        (padding positions are never predicted).
 
         mlm_loss = sum of token cross-entropies / mlm_normalizer (default: this batch's labelled-token count);
         nsp_loss = sum of example cross-entropies / nsp_normalizer (default: this batch's size).
         Without mlm_labels the MLM head does not run (mlm_logits None, mlm_loss 0).
         """
-        sequence_output = self.bert.encode(input_ids, token_type_ids, attention_mask)  # (B, S, H)
+        hidden_states, layout = self.bert.encode(input_ids, token_type_ids, attention_mask)
         zero_loss = torch.zeros((), device=input_ids.device)
         zero_count = torch.zeros((), dtype=torch.long, device=input_ids.device)
 
         mlm_logits, mlm_loss, mlm_correct, mlm_count = None, zero_loss, zero_count, zero_count
         if mlm_labels is not None:
-            flat_labels = mlm_labels.reshape(-1).long()  # (B*S,)
+            # Row-major order either way: (B*S,) labels for (B*S, H) states, or (T,) for (T, H) unpadded.
+            flat_labels = (mlm_labels.reshape(-1) if layout is None else layout.unpad(mlm_labels)).long()
             is_labelled = flat_labels != IGNORE_INDEX
             positions = is_labelled.nonzero().squeeze(1)  # (N,)
             labels = flat_labels[positions]  # (N,)
-            flat_output = sequence_output.reshape(-1, sequence_output.shape[-1])  # (B*S, H)
-            hidden = flat_output.index_select(0, positions)  # (N, H)
+            flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
+            hidden = flat_states.index_select(0, positions)  # (N, H)
             hidden = self.mlm_norm(F.gelu(self.mlm_transform(hidden)))
             padded_logits = F.linear(hidden, self.bert.embeddings.word.weight, self.mlm_bias)  # (N, V_padded)
             mlm_logits = padded_logits[:, : self.config.vocab_size]  # (N, V)
@@ -225,7 +373,7 @@ class BertForPreTraining(nn.Module):
 
         nsp_logits, nsp_loss, nsp_correct, nsp_count = None, zero_loss, zero_count, zero_count
         if self.config.use_nsp:
-            nsp_logits = self.nsp_head(self.bert.pool(sequence_output))  # (B, 2)
+            nsp_logits = self.nsp_head(self.bert.pool(hidden_states, layout))  # (B, 2)
             if next_sentence_label is not None:
                 nsp_labels = next_sentence_label.reshape(-1).long()  # (B,)
                 normalizer = nsp_labels.shape[0] if nsp_normalizer is None else nsp_normalizer
@@ -262,12 +410,30 @@ class BertForPreTraining(nn.Module):
         save_hf(self, path)
 
 
-def compile_model(model: BertForPreTraining) -> BertForPreTraining:
+def attention_path(config: BertConfig, device: torch.device) -> str:
+    """Which attention a batch with padding gets on `device`, in words (a run says it once)."""
+    dropout = config.attention_probs_dropout_prob
+    if not config.unpad:
+        return "batches with padding run padded (unpad off): SDPA with a mask over every position"
+    if device.type != "cuda":
+        kernel = f"one SDPA call per sequence, attention dropout {dropout:g}"
+    elif config.unpadded_attention == "varlen":
+        kernel = "varlen_attn (flash), without attention dropout" + (
+            f" (the configured {dropout:g} is not applied)" if dropout else ""
+        )
+    else:
+        kernel = f"nested tensors through SDPA, attention dropout {dropout:g}"
+    return f"batches with padding run on their real tokens only: {kernel}; full batches dense SDPA"
+
+
+def compile_model(model: BertForPreTraining, backend: str | Callable = "inductor") -> BertForPreTraining:
     """Compile each encoder layer with torch.compile, in place (parameter names stay the same).
 
-    The layers have static shapes; the MLM head works on a data-dependent number of labelled positions, so it
-    stays eager rather than recompiling for every count.
+    The unpadded token count changes with every batch: after the first change, the layers are compiled for a
+    dynamic count, and the per-sequence attention (`unpadded_attention`) stays outside the compiled graphs.
+    The MLM head works on a data-dependent number of labelled positions, so it stays eager. `backend` is
+    torch.compile's (tests count compilations with one of their own).
     """
     for layer in model.bert.layers:
-        layer.compile()
+        layer.compile(backend=backend)
     return model

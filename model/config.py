@@ -28,6 +28,9 @@ PRESETS: dict[str, dict[str, int]] = {
     }.items()
 }
 
+# The CUDA kernels for the attention of unpadded batches (BertConfig.unpadded_attention).
+UNPADDED_ATTENTION = ("sdpa", "varlen")
+
 # HF config fields that this implementation does not have a switch for: other values would silently change
 # the architecture, so they must hold these values.
 _FIXED_HF_FIELDS = {"hidden_act": "gelu", "position_embedding_type": "absolute", "is_decoder": False}
@@ -54,6 +57,12 @@ class BertConfig:
     """Embedding rows are padded up to a multiple of this inside the model, for faster matmuls; 1 = off."""
     activation_checkpointing: bool = False
     """Recompute each encoder layer in the backward pass instead of keeping its activations."""
+    unpad: bool = True
+    """A batch with padding runs on its real tokens only (False: the padding positions are computed too)."""
+    unpadded_attention: str = "sdpa"
+    """The CUDA attention kernel of unpadded batches: "sdpa" (nested jagged tensors through
+    scaled_dot_product_attention, with attention dropout) or "varlen" (torch.nn.attention.varlen.varlen_attn,
+    without attention dropout). On CPU each sequence runs its own SDPA call, with dropout."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads != 0:
@@ -61,12 +70,41 @@ class BertConfig:
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}: choose a head count that divides the hidden size"
             )
+        if self.unpadded_attention not in UNPADDED_ATTENTION:
+            raise ValueError(
+                f"unpadded_attention {self.unpadded_attention!r} is unknown; choose one of "
+                f"{', '.join(UNPADDED_ATTENTION)}"
+            )
         if self.pad_vocab_multiple < 1:
             raise ValueError(f"pad_vocab_multiple must be >= 1 (1 = off), got {self.pad_vocab_multiple}")
 
     @property
     def padded_vocab_size(self) -> int:
         return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
+
+    def training_flops(
+        self, tokens: float, squared_lengths: float, labelled: float, sequences: float
+    ) -> float:
+        """Model FLOPs of training (forward and backward) on batches of these totals: real `tokens`, the sum
+        of each sequence's squared real length, `labelled` (MLM) positions and `sequences`.
+
+        Matmuls only, the backward pass costing twice the forward (so a step is 3x the forward):
+
+            forward = L * (T * (8*H^2 + 4*H*I) + 4*H * sum_b len_b^2)   QKV, output; MLP; attention
+                    + N * (2*H^2 + 2*H*V)                               MLM transform and decoder
+                    + B * (2*H^2 + 4*H)                                 pooler and NSP head (NSP on)
+
+        with L layers, H hidden size, I intermediate size, V the true vocabulary size, T real tokens, N
+        labelled positions, B sequences. Embedding lookups, norms, softmax and elementwise work are not
+        counted, nor work on padding: the work BERT pretraining needs, whatever an implementation does.
+        """
+        hidden, inter = self.hidden_size, self.intermediate_size
+        encoder = self.num_hidden_layers * (
+            tokens * (8 * hidden**2 + 4 * hidden * inter) + 4 * hidden * squared_lengths
+        )
+        mlm = labelled * (2 * hidden**2 + 2 * hidden * self.vocab_size)
+        nsp = sequences * (2 * hidden**2 + 4 * hidden) if self.use_nsp else 0.0
+        return 3.0 * (encoder + mlm + nsp)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> BertConfig:
@@ -79,7 +117,7 @@ class BertConfig:
 
         `use_nsp` stays in it (transformers keeps unknown keys as attributes), so that a model trained without
         NSP says that its NSP head is untrained."""
-        ours_only = {"pad_vocab_multiple", "activation_checkpointing"}
+        ours_only = {"pad_vocab_multiple", "activation_checkpointing", "unpad", "unpadded_attention"}
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ours_only}
         return {
             "model_type": "bert",

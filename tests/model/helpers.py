@@ -38,17 +38,24 @@ def random_batch(
     token_types: bool = True,
     mask_rate: float = 0.3,
     seed: int = 0,
+    lengths: list[int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """A pretraining batch; with `padded`, rows after the first end early and are padded with pad_token_id."""
+    """A pretraining batch; with `padded`, rows after the first end early and are padded with pad_token_id.
+
+    `lengths` (one per row) sets the real lengths instead."""
     generator = torch.Generator().manual_seed(seed)
+    batch_size = batch_size if lengths is None else len(lengths)
     input_ids = torch.randint(1, config.vocab_size, (batch_size, seq_len), generator=generator)
-    lengths = torch.full((batch_size,), seq_len)
-    if padded:
-        lengths[1:] = torch.randint(seq_len // 2, seq_len, (batch_size - 1,), generator=generator)
+    if lengths is None:
+        lengths = [seq_len] * batch_size
+        if padded:
+            shorter = torch.randint(seq_len // 2, seq_len, (batch_size - 1,), generator=generator)
+            lengths[1:] = shorter.tolist()
+    lengths = torch.tensor(lengths)
     attention_mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
     input_ids = input_ids.masked_fill(attention_mask == 0, config.pad_token_id)
     labelled = (torch.rand(batch_size, seq_len, generator=generator) < mask_rate) & (attention_mask == 1)
-    labelled[:, 1] = True  # at least one label per row
+    labelled[:, 1] = attention_mask[:, 1] == 1  # at least one label in each row longer than [CLS]
     targets = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
     mlm_labels = torch.where(labelled, targets, IGNORE_INDEX)
     batch = {
