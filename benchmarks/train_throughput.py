@@ -158,8 +158,8 @@ def ray_run_tokens_per_s(
     train(job, callbacks=[MetricsFile(str(metrics_path))])
     wall = time.perf_counter() - started
     windows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    steady = statistics.mean(w["tokens_per_s"] for w in windows[1:])
-    total_tokens = sum(w["tokens_per_s"] * w["step_time_s"] * args.log_every for w in windows)
+    steady = statistics.mean(w["perf/tokens_per_s"] for w in windows[1:])
+    total_tokens = sum(w["perf/tokens_per_s"] * w["perf/step_time_s"] * args.log_every for w in windows)
     return steady, total_tokens / wall, wall
 
 

@@ -39,6 +39,10 @@ class ModelConfig:
     """Hidden and attention dropout (BERT's 0.1; 0 makes steps deterministic)."""
     compile: bool = False
     """Compile the encoder layers with torch.compile."""
+    unpadded_attention: Literal["sdpa", "varlen"] = "sdpa"
+    """On GPU, the attention of batches with padding (which run on their real tokens only): "sdpa" (nested
+    tensors through scaled_dot_product_attention, with attention dropout) or "varlen" (torch's varlen_attn,
+    without attention dropout). The run's first line says which one it took."""
 
 
 @dataclass

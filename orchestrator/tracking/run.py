@@ -18,6 +18,7 @@ from typing import Any
 from orchestrator.config import MlflowConfig
 from orchestrator.errors import UserError
 from orchestrator.run_dir import read_run_json, update_run_json
+from orchestrator.tracking.names import carry_over_renamed_metrics, mark_model_training
 from orchestrator.tracking.params import config_to_params, redact
 
 logger = logging.getLogger(__name__)
@@ -117,13 +118,14 @@ class RunTracker:
             else:
                 client.update_run(run.info.run_id, status="RUNNING")
                 resumed = True
+            mark_model_training(client, run.info.experiment_id)
+            last_logged_steps = carry_over_renamed_metrics(client, run)
         except MlflowException as error:
             raise UserError(
                 f"cannot record the run in MLflow at {redact(tracking_uri)}: {error.message} "
                 "(start the tracking server, fix mlflow.tracking_uri, or set mlflow.enabled=false)"
             ) from error
         update_run_json(run_dir, **{RUN_ID_KEY: run.info.run_id})
-        last_logged_steps = {metric.key: metric.step for metric in run.data.to_proto().metrics}
         tracker = cls(config, tracking_uri, run.info.run_id, resumed, last_logged_steps)
         logger.info(
             "MLflow run %s (%s) at %s", run.info.run_id, "resumed" if resumed else "new", redact(tracking_uri)

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from data import ExactBatches, PadAndCollate, make_collate_fn
-from model import IGNORE_INDEX, BertConfig, BertForPreTraining, compile_model
+from model import IGNORE_INDEX, BertConfig, BertForPreTraining, attention_path, compile_model
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.train.checkpoints import (
     TrainState,
@@ -51,6 +51,7 @@ from orchestrator.train.checkpoints import (
 )
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.resources import BatchPlan, plan_batches
+from orchestrator.train.throughput import dense_bf16_peak_flops
 
 EVAL_DATASET = "eval"
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
@@ -97,12 +98,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     if job.model.compile:
         compile_model(model)
+    if rank == 0:
+        _console(f"Attention: {attention_path(model.config, device)}.")
 
     collate_fn = make_collate_fn(job.masking, plan.max_seq_length, plan.pad_token_id)
     # Ray Train may start an elastic run with fewer workers than planned: split for the actual count.
     batch = plan_batches(job.train.global_batch_size, job.train.micro_batch_size, world_size, uneven=True)
     step_batches = iterate_step_batches(plan, batch, state, rank, collate_fn, device)
-    window = MetricsWindow(device)
+    window = MetricsWindow(device, model.config)
     while state.step < plan.total_steps:
         micro_batches = next(step_batches)
         inject_failure_if_due(job, state, rank, world_size)
@@ -122,6 +125,7 @@ def build_model_and_optimizer(
         activation_checkpointing=job.model.activation_checkpointing,
         hidden_dropout_prob=job.model.dropout,
         attention_probs_dropout_prob=job.model.dropout,
+        unpadded_attention=job.model.unpadded_attention,
     )
     model = BertForPreTraining(config).to(device)
     optimizer = build_optimizer(model, job.optim)
@@ -205,6 +209,7 @@ def train_step(
             with _autocast(device):
                 out = ddp_model(**batch, mlm_normalizer=mlm_normalizer, nsp_normalizer=nsp_normalizer)
             (out.loss * world_size).backward()  # DDP averages over ranks; x world_size makes it the sum
+        lengths = batch["attention_mask"].sum(dim=1)  # (B,) real tokens per sequence
         values = (
             out.loss.detach(),
             out.mlm_loss.detach(),
@@ -213,7 +218,9 @@ def train_step(
             out.mlm_count,
             out.nsp_correct,
             out.nsp_count,
-            batch["attention_mask"].sum(),
+            lengths.sum(),
+            torch.tensor(batch["attention_mask"].numel(), device=device),
+            lengths.square().sum(),
             torch.tensor(batch["input_ids"].shape[0], device=device),
         )
         sums += torch.stack([v.float() for v in values])
@@ -235,7 +242,9 @@ STEP_SUMS = (
     "mlm_count",
     "nsp_correct",
     "nsp_count",
-    "tokens",
+    "tokens",  # real (non-padding) tokens
+    "positions",  # tokens and padding
+    "squared_lengths",  # the sum of each sequence's squared real length, for the attention FLOPs
     "samples",
 )
 
@@ -253,10 +262,18 @@ def advance(state: TrainState, plan: RunPlan, world_size: int) -> TrainState:
 
 
 class MetricsWindow:
-    """Training metrics summed on the device since the last report; synced and read only when reported."""
+    """Training metrics summed on the device since the last report; synced and read only when reported.
 
-    def __init__(self, device: torch.device):
+    Metric names carry the section the MLflow UI groups charts by: train/, optim/, perf/ (and data/ and
+    eval/ from `report_if_due`). NSP metrics only when NSP is on; MFU and peak memory only on a GPU (MFU only
+    on one with a known peak, `throughput.dense_bf16_peak_flops`).
+    """
+
+    def __init__(self, device: torch.device, model_config: BertConfig):
         self.device = device
+        self.model_config = model_config
+        on_gpu = device.type == "cuda"
+        self.peak_flops = dense_bf16_peak_flops(torch.cuda.get_device_name(device)) if on_gpu else None
         self.reset()
 
     def reset(self) -> None:
@@ -271,22 +288,33 @@ class MetricsWindow:
         self.last = step
 
     def read(self) -> dict[str, float]:
-        """Global means over the window's steps (all ranks), then start a new window."""
+        """Global means and rates over the window's steps (all ranks), then start a new window."""
         _all_reduce_sum(self.sums)
         totals = dict(zip(STEP_SUMS, self.sums.tolist(), strict=True))
         elapsed = time.perf_counter() - self.started
         metrics = {
-            "loss": totals["loss"] / self.steps,
-            "mlm_loss": totals["mlm_loss"] / self.steps,
-            "nsp_loss": totals["nsp_loss"] / self.steps,
-            "mlm_accuracy": totals["mlm_correct"] / max(totals["mlm_count"], 1),
-            "nsp_accuracy": totals["nsp_correct"] / max(totals["nsp_count"], 1),
-            "learning_rate": self.last["learning_rate"].item(),
-            "grad_norm": self.last["grad_norm"].item(),
-            "tokens_per_s": totals["tokens"] / elapsed,
-            "samples_per_s": totals["samples"] / elapsed,
-            "step_time_s": elapsed / self.steps,
+            "train/loss": totals["loss"] / self.steps,
+            "train/mlm_loss": totals["mlm_loss"] / self.steps,
+            "train/mlm_accuracy": totals["mlm_correct"] / max(totals["mlm_count"], 1),
         }
+        if self.model_config.use_nsp:
+            metrics["train/nsp_loss"] = totals["nsp_loss"] / self.steps
+            metrics["train/nsp_accuracy"] = totals["nsp_correct"] / max(totals["nsp_count"], 1)
+        metrics |= {
+            "optim/learning_rate": self.last["learning_rate"].item(),
+            "optim/grad_norm": self.last["grad_norm"].item(),
+            "perf/tokens_per_s": totals["tokens"] / elapsed,
+            "perf/samples_per_s": totals["samples"] / elapsed,
+            "perf/step_time_s": elapsed / self.steps,
+            "perf/padding_share": 1 - totals["tokens"] / max(totals["positions"], 1),
+        }
+        if self.peak_flops:
+            flops = self.model_config.training_flops(
+                totals["tokens"], totals["squared_lengths"], totals["mlm_count"], totals["samples"]
+            )
+            metrics["perf/mfu"] = flops / (elapsed * _world_size() * self.peak_flops)
+        if self.device.type == "cuda":
+            metrics["perf/peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.reset()
         return metrics
 
@@ -314,16 +342,15 @@ def report_if_due(
         return
     metrics: dict[str, Any] = {
         "step": state.step,
-        "consumed_samples": state.consumed_samples,
-        "epoch": state.data_epoch,
+        "data/consumed_samples": state.consumed_samples,
+        "data/epoch": state.data_epoch,
     }
     if log_due:
-        metrics.update(window.read(), param_norm=_param_norm(model))
+        metrics.update(window.read(), **{"optim/param_norm": _param_norm(model)})
     if eval_due:
         metrics.update(evaluate(model, plan, collate_fn, device))
-    if rank == 0:  # not print(): Ray Train patches it to log each line twice
-        sys.stdout.write(progress_line(metrics, plan.total_steps) + "\n")
-        sys.stdout.flush()
+    if rank == 0:
+        _console(progress_line(metrics, plan.total_steps))
     if not checkpoint_due:
         ray.train.report(metrics)
         return
@@ -339,17 +366,25 @@ def report_if_due(
 def progress_line(metrics: dict[str, Any], total_steps: int) -> str:
     """One short line for the console (the full metrics go to MLflow)."""
     parts = [f"step {metrics['step']}/{total_steps}"]
-    if "loss" in metrics:
+    if "train/loss" in metrics:
+        train = [f"loss {metrics['train/loss']:.4f}", f"mlm_acc {metrics['train/mlm_accuracy']:.3f}"]
+        if "train/nsp_accuracy" in metrics:
+            train.append(f"nsp_acc {metrics['train/nsp_accuracy']:.3f}")
+        train += [f"lr {metrics['optim/learning_rate']:.2e}", f"{metrics['perf/tokens_per_s']:,.0f} tok/s"]
+        if "perf/mfu" in metrics:
+            train.append(f"MFU {metrics['perf/mfu']:.1%}")
+        parts.append("  ".join(train))
+    if "eval/mlm_loss" in metrics:
         parts.append(
-            f"loss {metrics['loss']:.4f}  mlm_acc {metrics['mlm_accuracy']:.3f}  "
-            f"nsp_acc {metrics['nsp_accuracy']:.3f}  lr {metrics['learning_rate']:.2e}  "
-            f"{metrics['tokens_per_s']:,.0f} tok/s"
-        )
-    if "eval_mlm_loss" in metrics:
-        parts.append(
-            f"eval_mlm_loss {metrics['eval_mlm_loss']:.4f}  eval_ppl {metrics['eval_perplexity']:.1f}"
+            f"eval_mlm_loss {metrics['eval/mlm_loss']:.4f}  eval_ppl {metrics['eval/perplexity']:.1f}"
         )
     return "  |  ".join(parts)
+
+
+def _console(line: str) -> None:
+    """Not print(): Ray Train patches it to log each line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def quiet_ray_train_reports() -> None:
@@ -360,7 +395,8 @@ def quiet_ray_train_reports() -> None:
 
 
 def evaluate(model: BertForPreTraining, plan: RunPlan, collate_fn, device: torch.device) -> dict[str, float]:
-    """MLM loss, perplexity and accuracy, and NSP accuracy over the held-out split (each rank its shard)."""
+    """MLM loss, perplexity and accuracy, and NSP accuracy (with NSP on) over the held-out split (each rank
+    its shard)."""
     shard = ray.train.get_dataset_shard(EVAL_DATASET)
     sums = torch.zeros(5, device=device)  # mlm loss sum, mlm correct, mlm count, nsp correct, nsp count
     model.eval()
@@ -374,12 +410,14 @@ def evaluate(model: BertForPreTraining, plan: RunPlan, collate_fn, device: torch
     _all_reduce_sum(sums)
     loss_sum, mlm_correct, mlm_count, nsp_correct, nsp_count = sums.tolist()
     mlm_loss = loss_sum / max(mlm_count, 1)
-    return {
-        "eval_mlm_loss": mlm_loss,
-        "eval_perplexity": math.exp(min(mlm_loss, 50.0)),
-        "eval_mlm_accuracy": mlm_correct / max(mlm_count, 1),
-        "eval_nsp_accuracy": nsp_correct / max(nsp_count, 1),
+    metrics = {
+        "eval/mlm_loss": mlm_loss,
+        "eval/perplexity": math.exp(min(mlm_loss, 50.0)),
+        "eval/mlm_accuracy": mlm_correct / max(mlm_count, 1),
     }
+    if model.config.use_nsp:
+        metrics["eval/nsp_accuracy"] = nsp_correct / max(nsp_count, 1)
+    return metrics
 
 
 def _param_norm(model: nn.Module) -> float:
@@ -403,6 +441,10 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> None:

@@ -49,6 +49,6 @@ def test_two_workers_on_two_nodes_equal_one_worker_accumulating_two(tmp_path, pr
     two = [r["metrics"][0] for r in read_reports(two_nodes / "reports.jsonl")]
     assert [m["step"] for m in one] == [m["step"] for m in two] == [1, 2, 3]
     for a, b in zip(one, two, strict=True):
-        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm", "param_norm"):
+        for key in ("train/loss", "train/mlm_loss", "train/nsp_loss", "optim/grad_norm", "optim/param_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
-        assert a["mlm_accuracy"] == b["mlm_accuracy"]
+        assert a["train/mlm_accuracy"] == b["train/mlm_accuracy"]

@@ -19,7 +19,6 @@ from orchestrator.train.checkpoints import (
     rng_state,
     save_checkpoint,
 )
-from orchestrator.train.loop import progress_line
 from orchestrator.train.optim import Lamb, build_optimizer, build_scheduler, lr_multiplier, parameter_groups
 from orchestrator.train.resources import check_resources, plan_batches, ray_worker_count
 
@@ -111,23 +110,6 @@ def test_resources_that_can_never_be_met_are_named():
             {"CPU": 4.0},
             [{"CPU": 2.0}, {"CPU": 2.0}],
         )
-
-
-def test_the_console_gets_one_short_progress_line_per_report():
-    metrics = {"step": 30, "loss": 7.1071, "mlm_accuracy": 0.04, "nsp_accuracy": 0.53125}
-    metrics |= {
-        "learning_rate": 1.85e-05,
-        "tokens_per_s": 5117.7,
-        "eval_mlm_loss": 6.6933,
-        "eval_perplexity": 807,
-    }
-    assert progress_line(metrics, 60) == (
-        "step 30/60  |  loss 7.1071  mlm_acc 0.040  nsp_acc 0.531  lr 1.85e-05  5,118 tok/s  |  "
-        "eval_mlm_loss 6.6933  eval_ppl 807.0"
-    )
-    assert progress_line({"step": 8, "eval_mlm_loss": 2.0, "eval_perplexity": 7.389}, 10) == (
-        "step 8/10  |  eval_mlm_loss 2.0000  eval_ppl 7.4"
-    )
 
 
 def test_schedule_warms_up_linearly_then_decays_to_zero():

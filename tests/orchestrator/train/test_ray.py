@@ -68,13 +68,14 @@ def test_an_elastic_run_gets_three_workers_that_hold_the_same_weights_and_the_lo
     for report in reports:
         assert len(report["metrics"]) == 3, "Ray Train should have started the most workers that fit"
         rank0, *others = report["metrics"]
-        assert all(rank["param_norm"] == rank0["param_norm"] for rank in others), f"step {rank0['step']}"
-    losses = [report["metrics"][0]["loss"] for report in reports]
+        norms = [rank["optim/param_norm"] for rank in others]
+        assert all(norm == rank0["optim/param_norm"] for norm in norms), f"step {rank0['step']}"
+    losses = [report["metrics"][0]["train/loss"] for report in reports]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses
-    evaluations = [r["metrics"][0] for r in reports if "eval_mlm_loss" in r["metrics"][0]]
+    evaluations = [r["metrics"][0] for r in reports if "eval/mlm_loss" in r["metrics"][0]]
     assert [m["step"] for m in evaluations] == [4, 8]
-    assert evaluations[-1]["eval_mlm_loss"] < evaluations[0]["eval_mlm_loss"]
-    assert 0 <= evaluations[-1]["eval_mlm_accuracy"] <= 1 and evaluations[-1]["eval_perplexity"] > 1
+    assert evaluations[-1]["eval/mlm_loss"] < evaluations[0]["eval/mlm_loss"]
+    assert 0 <= evaluations[-1]["eval/mlm_accuracy"] <= 1 and evaluations[-1]["eval/perplexity"] > 1
 
 
 def test_a_failed_worker_resumes_from_the_last_checkpoint_and_counts_no_step_twice(first_run):
@@ -96,7 +97,8 @@ def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_
     first, reports, job = first_run["reports"], resumed_run["reports"], resumed_run["job"]
     assert [r["metrics"][0]["step"] for r in reports] == list(range(FIRST_STEPS + 1, RESUMED_STEPS + 1))
     assert all(len(r["metrics"]) == 1 for r in reports)  # one worker now
-    assert reports[0]["metrics"][0]["loss"] < first[0]["metrics"][0]["loss"] - 0.5  # trained weights, not new
+    # Trained weights, not new ones:
+    assert reports[0]["metrics"][0]["train/loss"] < first[0]["metrics"][0]["train/loss"] - 0.5
     final_state = read_train_state(Path(reports[-1]["checkpoint"]))
     assert (final_state["step"], final_state["consumed_samples"]) == (12, RESUMED_STEPS * GLOBAL_BATCH)
     assert final_state["world_size"] == 1
@@ -121,10 +123,10 @@ def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(first_run, resu
     # Every step once, with rank 0's value: the failure replays steps 5-8 from step 4's checkpoint, the
     # restart continues at step 9.
     reported = {
-        r["metrics"][0]["step"]: r["metrics"][0]["loss"]
+        r["metrics"][0]["step"]: r["metrics"][0]["train/loss"]
         for r in first_run["reports"] + resumed_run["reports"]
     }
-    history = client.get_metric_history(run_id, "loss")
+    history = client.get_metric_history(run_id, "train/loss")
     assert sorted(metric.step for metric in history) == list(range(1, RESUMED_STEPS + 1))
     assert all(metric.value == pytest.approx(reported[metric.step]) for metric in history)
     assert run.data.tags["checkpoint_uri"].endswith(f"checkpoint_{RESUMED_STEPS:09d}")

@@ -1,0 +1,66 @@
+"""How training runs read in MLflow: the experiment marked as model training, metric names in sections.
+
+The training loop names its metrics by section (`train/`, `optim/`, `perf/`, `data/`, `eval/`), which the
+MLflow UI groups charts by. Runs recorded before that used flat names (`loss`, `eval_mlm_loss` ...). When
+such a run resumes, each old metric's history is copied under its new name, so that every chart is whole,
+and the run goes on under the new names; the old metrics stay as they were.
+"""
+
+from __future__ import annotations
+
+from mlflow.entities import Metric
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+# MLflow 3's UI opens an experiment in the view its kind tag names; without one it guesses (GenAI, for ours).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+# The flat names of runs logged before the sections -> the names the training loop logs now.
+RENAMED_METRICS = {
+    "loss": "train/loss",
+    "mlm_loss": "train/mlm_loss",
+    "nsp_loss": "train/nsp_loss",
+    "mlm_accuracy": "train/mlm_accuracy",
+    "nsp_accuracy": "train/nsp_accuracy",
+    "learning_rate": "optim/learning_rate",
+    "grad_norm": "optim/grad_norm",
+    "param_norm": "optim/param_norm",
+    "tokens_per_s": "perf/tokens_per_s",
+    "samples_per_s": "perf/samples_per_s",
+    "step_time_s": "perf/step_time_s",
+    "consumed_samples": "data/consumed_samples",
+    "epoch": "data/epoch",
+    "eval_mlm_loss": "eval/mlm_loss",
+    "eval_perplexity": "eval/perplexity",
+    "eval_mlm_accuracy": "eval/mlm_accuracy",
+    "eval_nsp_accuracy": "eval/nsp_accuracy",
+}
+
+
+def mark_model_training(client, experiment_id: str) -> None:
+    """Tag the experiment as model training, so that the MLflow UI opens it in that view. A kind someone set
+    is kept; one the UI inferred is replaced."""
+    kind = client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG, "")
+    if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
+def carry_over_renamed_metrics(client, run) -> dict[str, int]:
+    """The last logged step of each metric of `run`, after copying each old-named metric's history under
+    its new name (the steps missing there), so that a resumed run logs no step of the new names twice."""
+    steps = {metric.key: metric.step for metric in run.data.to_proto().metrics}
+    for old, new in RENAMED_METRICS.items():
+        if old not in steps:
+            continue
+        history = client.get_metric_history(run.info.run_id, new) if new in steps else []
+        logged = {metric.step for metric in history}
+        missing = [
+            Metric(new, metric.value, metric.timestamp, metric.step)
+            for metric in client.get_metric_history(run.info.run_id, old)
+            if metric.step not in logged
+        ]
+        for start in range(0, len(missing), MAX_METRICS_PER_BATCH):
+            batch = missing[start : start + MAX_METRICS_PER_BATCH]
+            client.log_batch(run.info.run_id, metrics=batch, synchronous=True)
+        steps[new] = max(steps.get(new, -1), steps[old])
+    return steps

@@ -1,0 +1,76 @@
+"""What a training step reports: metric names in MLflow sections, real-token throughput, padding share, NSP
+metrics only with NSP on; and the console's progress line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import BertConfig, BertForPreTraining
+from orchestrator.config import JobConfig
+from orchestrator.tracking.names import RENAMED_METRICS
+from orchestrator.train.loop import MetricsWindow, progress_line, train_step
+from orchestrator.train.optim import build_optimizer, build_scheduler
+
+
+def padded_batch(lengths: list[int], seq_len: int, vocab_size: int = 64) -> dict[str, torch.Tensor]:
+    attention_mask = (torch.arange(seq_len) < torch.tensor(lengths)[:, None]).long()
+    input_ids = torch.randint(5, vocab_size, attention_mask.shape) * attention_mask
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 1] = input_ids[:, 1]
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "attention_mask": attention_mask,
+        "mlm_labels": labels,
+        "next_sentence_label": torch.randint(0, 2, (len(lengths),)),
+    }
+
+
+@pytest.mark.parametrize("use_nsp", [True, False], ids=["NSP", "MLM only"])
+def test_a_window_reports_real_tokens_padding_and_sectioned_names(use_nsp):
+    torch.manual_seed(0)
+    config = BertConfig.from_preset("tiny", vocab_size=64, num_hidden_layers=1, use_nsp=use_nsp)
+    model = BertForPreTraining(config)
+    job = JobConfig()
+    optimizer = build_optimizer(model, job.optim)
+    scheduler = build_scheduler(optimizer, job.optim, total_steps=10)
+    window = MetricsWindow(torch.device("cpu"), config)
+    micro_batches = [padded_batch([16, 4, 9], 16), padded_batch([3, 8], 12)]  # 40 real of 72 positions
+    for _ in range(2):
+        window.add(train_step(model, model, optimizer, scheduler, micro_batches, job, world_size=1))
+    metrics = window.read()
+
+    nsp = {"train/nsp_loss", "train/nsp_accuracy"}
+    expected = {"train/loss", "train/mlm_loss", "train/mlm_accuracy", "optim/learning_rate"}
+    expected |= {"optim/grad_norm", "perf/tokens_per_s", "perf/samples_per_s", "perf/step_time_s"}
+    expected |= {"perf/padding_share"}
+    assert set(metrics) == expected | (nsp if use_nsp else set())  # no MFU nor GPU memory on a CPU
+    assert metrics["perf/padding_share"] == pytest.approx(1 - 40 / 72)
+    elapsed = metrics["perf/step_time_s"] * 2
+    assert metrics["perf/tokens_per_s"] * elapsed == pytest.approx(2 * 40)  # real tokens, not positions
+    assert metrics["perf/samples_per_s"] * elapsed == pytest.approx(2 * 5)
+    assert set(metrics) - {"perf/padding_share"} <= set(RENAMED_METRICS.values())
+
+
+def test_the_console_gets_one_short_progress_line_per_report():
+    metrics = {"step": 30, "train/loss": 7.1071, "train/mlm_accuracy": 0.04, "train/nsp_accuracy": 0.53125}
+    metrics |= {
+        "optim/learning_rate": 1.85e-05,
+        "perf/tokens_per_s": 5117.7,
+        "eval/mlm_loss": 6.6933,
+        "eval/perplexity": 807,
+    }
+    assert progress_line(metrics, 60) == (
+        "step 30/60  |  loss 7.1071  mlm_acc 0.040  nsp_acc 0.531  lr 1.85e-05  5,118 tok/s  |  "
+        "eval_mlm_loss 6.6933  eval_ppl 807.0"
+    )
+    del metrics["train/nsp_accuracy"]  # MLM only: nothing about NSP
+    metrics["perf/mfu"] = 0.4123  # on a GPU with a known peak
+    assert progress_line(metrics, 60) == (
+        "step 30/60  |  loss 7.1071  mlm_acc 0.040  lr 1.85e-05  5,118 tok/s  MFU 41.2%  |  "
+        "eval_mlm_loss 6.6933  eval_ppl 807.0"
+    )
+    assert progress_line({"step": 8, "eval/mlm_loss": 2.0, "eval/perplexity": 7.389}, 10) == (
+        "step 8/10  |  eval_mlm_loss 2.0000  eval_ppl 7.4"
+    )
