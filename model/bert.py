@@ -54,7 +54,7 @@ class TokenLayout:
     def of(cls, attention_mask: torch.Tensor | None) -> TokenLayout | None:
         """The layout of a (B, S) mask (1 = real token); None when nothing is padded.
 
-        Reads the lengths on the host: the one synchronisation of an unpadded step.
+        Reads the lengths on the host (one synchronisation); the positions are found without another.
         """
         if attention_mask is None:
             return None

@@ -27,6 +27,7 @@ import yaml
 from data import storage
 from orchestrator.config import JobConfig
 from orchestrator.errors import UserError
+from orchestrator.tracking.names import MODEL_TRAINING_VIEW
 from orchestrator.tracking.params import redact
 from orchestrator.tracking.run import resolve_tracking_uri
 from orchestrator.train.resources import plan_batches
@@ -287,5 +288,6 @@ class MlflowRunFinder:
         """A browser link for a tracking server, else the store and run id."""
         uri = redact(self.tracking_uri)
         if uri.startswith(("http://", "https://")):
-            return f"{uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+            run_page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?{MODEL_TRAINING_VIEW}"
+            return f"{uri.rstrip('/')}/{run_page}"
         return f"run {self.run_id} in {uri} (open it with `bert-pretrain ui --backend-store-uri {uri}`)"

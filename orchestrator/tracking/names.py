@@ -1,5 +1,8 @@
 """How training runs read in MLflow: the experiment marked as model training, metric names in sections.
 
+The MLflow UI groups a run's charts into sections by the part of a metric's name before "/" and sorts the
+sections and the charts in them by name.
+
 The training loop names its metrics by section (`train/`, `optim/`, `perf/`, `data/`, `eval/`), which the
 MLflow UI groups charts by. Runs recorded before that used flat names (`loss`, `eval_mlm_loss` ...). When
 such a run resumes, each old metric's history is copied under its new name, so that every chart is whole,
@@ -14,6 +17,9 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 # MLflow 3's UI opens an experiment in the view its kind tag names; without one it guesses (GenAI, for ours).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+# MLflow 3.17's UI takes the view from this query parameter of its address instead (else from the browser's
+# last choice, GenAI at first): links to it carry the parameter.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 
 # The flat names of runs logged before the sections -> the names the training loop logs now.
 RENAMED_METRICS = {

@@ -10,8 +10,14 @@ from pathlib import Path
 
 from orchestrator.config import MlflowConfig
 from orchestrator.errors import UserError
+from orchestrator.tracking.names import MODEL_TRAINING_VIEW
 from orchestrator.tracking.params import redact
 from orchestrator.tracking.run import EMBEDDED_ARTIFACTS_DIR, resolve_tracking_uri
+
+
+def ui_address(host: str, port: int) -> str:
+    """The UI's list of experiments, in its model-training view."""
+    return f"http://{host}:{port}/#/experiments?{MODEL_TRAINING_VIEW}"
 
 
 def serve_ui(backend_store_uri: str, host: str, port: int) -> int:
@@ -53,7 +59,7 @@ def serve_ui(backend_store_uri: str, host: str, port: int) -> int:
     ]
     # The server's job runner serves GenAI features this project does not use; it would start seven processes.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI: http://{host}:{port}  (store: {store_uri}; Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI: {ui_address(host, port)}  (store: {store_uri}; Ctrl-C to stop)", flush=True)
     try:
         return subprocess.run(command, env=env).returncode
     except KeyboardInterrupt:

@@ -219,9 +219,9 @@ def train_step(
             out.nsp_correct,
             out.nsp_count,
             lengths.sum(),
-            torch.tensor(batch["attention_mask"].numel(), device=device),
+            torch.full((), batch["attention_mask"].numel(), device=device),  # a fill, not a host copy
             lengths.square().sum(),
-            torch.tensor(batch["input_ids"].shape[0], device=device),
+            torch.full((), batch["input_ids"].shape[0], device=device),
         )
         sums += torch.stack([v.float() for v in values])
     max_norm = job.optim.max_grad_norm or math.inf  # inf: measure the norm without clipping

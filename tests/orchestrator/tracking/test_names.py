@@ -10,6 +10,7 @@ from ray.train.v2._internal.execution.training_report import _TrainingReport
 from orchestrator.config import MlflowConfig
 from orchestrator.tracking.names import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 from orchestrator.tracking.run import RunTracker
+from orchestrator.tracking.ui import ui_address
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,9 @@ def test_a_run_from_before_the_sectioned_names_resumes_under_them(tmp_path, conf
 
     RunTracker.open(config, run_dir, "renamed").end("FINISHED")  # resuming again copies nothing twice
     assert len(history(client, first.run_id, "train/loss")) == 6
+
+
+def test_the_ui_address_opens_the_model_training_view():
+    assert (
+        ui_address("127.0.0.1", 5000) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    )

@@ -11,6 +11,7 @@ from orchestrator.config import JobConfig
 from orchestrator.tracking.names import RENAMED_METRICS
 from orchestrator.train.loop import MetricsWindow, progress_line, train_step
 from orchestrator.train.optim import build_optimizer, build_scheduler
+from orchestrator.train.throughput import dense_bf16_peak_flops
 
 
 def padded_batch(lengths: list[int], seq_len: int, vocab_size: int = 64) -> dict[str, torch.Tensor]:
@@ -51,6 +52,42 @@ def test_a_window_reports_real_tokens_padding_and_sectioned_names(use_nsp):
     assert metrics["perf/tokens_per_s"] * elapsed == pytest.approx(2 * 40)  # real tokens, not positions
     assert metrics["perf/samples_per_s"] * elapsed == pytest.approx(2 * 5)
     assert set(metrics) - {"perf/padding_share"} <= set(RENAMED_METRICS.values())
+
+
+def test_mfu_is_the_model_flops_over_the_peak_of_the_elapsed_time():
+    config = BertConfig.from_preset("tiny", vocab_size=64, num_hidden_layers=1)
+    model = BertForPreTraining(config)
+    job = JobConfig()
+    optimizer = build_optimizer(model, job.optim)
+    scheduler = build_scheduler(optimizer, job.optim, total_steps=10)
+    window = MetricsWindow(torch.device("cpu"), config)
+    window.peak_flops = 1e9  # as on a GPU of the table
+    batch = padded_batch([16, 4, 9], 16)
+    window.add(train_step(model, model, optimizer, scheduler, [batch], job, world_size=1))
+    metrics = window.read()
+    labelled = int((batch["mlm_labels"] != -100).sum())
+    flops = config.training_flops(16 + 4 + 9, 16**2 + 4**2 + 9**2, labelled, 3)
+    assert metrics["perf/mfu"] == pytest.approx(flops / (metrics["perf/step_time_s"] * 1e9))
+
+
+@pytest.mark.parametrize(
+    ("device_name", "peak"),
+    [
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A100 80GB PCIe", 312e12),
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA A10G", 70e12),
+        ("NVIDIA L40S", None),
+        ("NVIDIA A10", None),
+        ("Tesla T4", None),
+    ],
+)
+def test_the_dense_bf16_peak_of_known_gpus_and_none_for_others(device_name, peak):
+    assert dense_bf16_peak_flops(device_name) == peak
 
 
 def test_the_console_gets_one_short_progress_line_per_report():
