@@ -28,6 +28,17 @@ PRESETS: dict[str, dict[str, int]] = {
     }.items()
 }
 
+ARCHITECTURE_FIELDS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+)
+"""What makes two BERTs the same network, besides the vocabulary: weights move only between such models."""
+
 # HF config fields that this implementation does not have a switch for: other values would silently change
 # the architecture, so they must hold these values.
 _FIXED_HF_FIELDS = {"hidden_act": "gelu", "position_embedding_type": "absolute", "is_decoder": False}
