@@ -40,7 +40,7 @@ import ray
 ray.init(num_cpus={cpus}, include_dashboard=False, logging_level="ERROR")
 from data import PrepareConfig, prepare
 started = time.perf_counter()
-config = PrepareConfig(max_seq_length=128, objective={objective!r})
+config = PrepareConfig(max_seq_length=128, objective={objective!r}, input_format="text")
 manifest = prepare([{corpus!r}], {tokenizer!r}, {out!r}, config)
 print("RESULT", json.dumps({{"seconds": time.perf_counter() - started,
     "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
