@@ -56,7 +56,12 @@ def continue_job(root: Path, donor: Path, **sections: dict):
             "corpus": [str(write_corpus(root / "corpus.txt", documents=48, seed=5))],
             "tokenizer_dir": "",
             "prepared_dir": str(root / "prepared"),
-            "prepare": {"objective": "mlm", "max_seq_length": 32, "eval_fraction": 0.15},
+            "prepare": {
+                "objective": "mlm",
+                "documents": "blank-line",
+                "max_seq_length": 32,
+                "eval_fraction": 0.15,
+            },
         },
         "train": {"global_batch_size": 8, "micro_batch_size": 8, "max_steps": 2, "log_every": 1},
         "optim": {"lr": 0.0},
