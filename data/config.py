@@ -8,6 +8,9 @@ from data.errors import DataError
 
 INPUT_FORMATS = ("auto", "bert", "text", "jsonl", "parquet", "hf")
 OBJECTIVES = ("mlm+nsp", "mlm")
+DOCUMENT_RULES = ("file", "blank-line")
+MAX_SEQ_LENGTH = 512
+"""The positions of every model preset (max_position_embeddings): a longer example could not be trained."""
 PAD_TO_CHOICES = ("longest", "max_length")
 
 
@@ -33,6 +36,9 @@ class PrepareConfig:
     """Share of whole documents held out for evaluation (chosen by a hash of the document and the seed)."""
     input_format: str = "auto"
     """auto | bert (a sentence a line) | text (paragraphs) | jsonl | parquet | hf (datasets.save_to_disk)."""
+    documents: str = "file"
+    """Plain text: "file" (a file is a document) or "blank-line" (blank lines separate documents). The BERT
+    format always separates documents by blank lines; a JSONL, Parquet or HF dataset row is a document."""
     text_field: str = "text"
     """JSONL field, Parquet column or HF dataset column that holds the document text."""
     seed: int = 12345
@@ -40,11 +46,15 @@ class PrepareConfig:
     examples_per_shard: int = 65536
     """Examples per Parquet shard at most; the shards of a split differ by at most one example."""
     num_blocks: int | None = None
-    """Ray Data blocks per stage (None: Ray decides). A tuning knob only: the output does not depend on it."""
+    """Ray tasks that read and build (None: one per work unit of the corpus). A tuning knob only: the output
+    does not depend on it."""
 
     def validate(self) -> None:
-        if self.max_seq_length < 8:
-            raise DataError(f"max_seq_length is {self.max_seq_length}; use 8 or more (128 and 512 are usual)")
+        if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH:
+            raise DataError(
+                f"max_seq_length is {self.max_seq_length}; use 8 to {MAX_SEQ_LENGTH} (128 and 512 are usual):"
+                f" every model preset has {MAX_SEQ_LENGTH} positions"
+            )
         if not 0.0 <= self.short_seq_prob <= 1.0:
             raise DataError(f"short_seq_prob is {self.short_seq_prob}; use a probability in [0, 1]")
         if self.objective not in OBJECTIVES:
@@ -54,6 +64,10 @@ class PrepareConfig:
         if self.input_format not in INPUT_FORMATS:
             raise DataError(
                 f"input format {self.input_format!r} is unknown; choose one of {', '.join(INPUT_FORMATS)}"
+            )
+        if self.documents not in DOCUMENT_RULES:
+            raise DataError(
+                f"documents {self.documents!r} is unknown; choose one of {', '.join(DOCUMENT_RULES)}"
             )
         if self.examples_per_shard < 1:
             raise DataError(f"examples_per_shard is {self.examples_per_shard}; use 1 or more")

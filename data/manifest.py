@@ -11,7 +11,7 @@ from data.errors import DataError
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -25,9 +25,13 @@ class Manifest:
     special_token_ids: dict[str, int]
     """{"pad", "unk", "cls", "sep", "mask"} -> id."""
     counts: dict
-    """documents, sentences, tokens, truncated, dropped, replaced, input_bytes, examples {split: n}."""
+    """documents, documents_per_split, sentences, tokens, truncated, dropped, replaced, skipped_binary_files,
+    input_bytes, examples {split: n}, random_next_sentence {split: n}."""
     shards: dict[str, list[str]]
     """{split: [shard paths relative to the prepared directory]}."""
+    statistics: dict = field(default_factory=dict)
+    """mean_sentences_per_document, mean_fill (tokens / (examples * max_seq_length)), padding_share,
+    nsp_random_share (mlm+nsp)."""
     corpus: list[str] = field(default_factory=list)
     """The corpus paths as given."""
     elapsed_seconds: float = 0.0

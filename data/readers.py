@@ -1,14 +1,21 @@
-"""Corpus readers: paths, globs and URIs to a Ray Dataset of documents (`text`, `replaced`).
+"""Corpus readers: paths, globs and URIs -> work units -> the documents of a unit.
 
-Text files (BERT format and plain text) are read in byte ranges by our own Ray Data tasks so that a file of
-any size, and a document of any size, streams in bounded memory: a document belongs to the range its first
-byte lies in, and a document longer than `MAX_DOCUMENT_BYTES` comes as consecutive pieces cut at whitespace.
-JSONL, Parquet and saved HF datasets go through Ray Data's own readers, one row a document.
+The corpus is cut into work units by its files alone (`plan_units`), so that every later choice, and so the
+output, is the same on any cluster. A unit is read by one task (`read_unit`):
+- plain text: a file is a document (`documents="file"`); a file larger than a unit comes as consecutive parts
+  cut at whitespace, each its own document for pairing. With `documents="blank-line"`, and always in the BERT
+  format, blank lines separate documents: a document belongs to the part its first byte lies in, and one
+  longer than `MAX_DOCUMENT_BYTES` comes as consecutive pieces cut at whitespace.
+- JSONL (lines that start in a byte range), Parquet (row groups), saved HF datasets (row ranges): a row is a
+  document.
+A text file with a NUL byte in its first 8 KiB is binary (as git and grep tell): it is skipped and named.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -19,16 +26,16 @@ import pyarrow.fs as pafs
 
 from data import storage
 from data.errors import DataError
+from data.hashing import text_key
 
 BUILTIN_CORPUS_WORD = "builtin"
 MAX_DOCUMENT_BYTES = 1 << 20
-"""A longer document (say 100 MB on one line) is processed as consecutive pieces of about this size."""
-READ_RANGE_BYTES = 8 << 20
-"""The most bytes of a text file one read task owns (when `num_blocks` does not say otherwise)."""
-MIN_READ_RANGE_BYTES = 256 << 10
-"""Smaller corpora are cut into ranges of at least this size, two per cluster CPU, so all CPUs get work."""
+"""A longer blank-line document (say 100 MB on one line) is processed in consecutive pieces of this size."""
+MIN_UNIT_BYTES = 1 << 20
+MAX_UNIT_BYTES = 16 << 20
 _READ_BYTES = 1 << 20
-_EMIT_BATCH_BYTES = 16 << 20
+_KEY_BYTES = 64 << 10
+_BINARY_SNIFF_BYTES = 8 << 10
 _WHITESPACE = b" \t\n\r\f\v"
 _EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -48,15 +55,20 @@ def resolve_corpus(corpus: list[str], input_format: str = "auto") -> CorpusFiles
         raise DataError("no corpus given: pass --corpus PATH (a file, directory, glob or URI, or `builtin`)")
     paths: list[str] = []
     sizes: list[int] = []
+    formats: set[str] = set()
     for entry in corpus:
         if entry == BUILTIN_CORPUS_WORD:
             from data.builtin_corpus import builtin_corpus_path
 
-            entry = builtin_corpus_path()
+            paths.append(builtin_corpus_path())
+            sizes.append(os.path.getsize(paths[-1]))
+            formats.add("bert")  # a sentence a line, a blank line between modules
+            continue
         for path, size in _expand(entry):
             paths.append(path)
             sizes.append(size)
-    formats = {_detect_format(path) for path in paths} if input_format == "auto" else {input_format}
+            formats.add(_detect_format(path))
+    formats = formats if input_format == "auto" else {input_format}
     if len(formats) > 1:
         raise DataError(
             f"the corpus mixes formats ({', '.join(sorted(formats))}); prepare one format at a time or "
@@ -119,98 +131,268 @@ def _detect_format(path: str) -> str:
     return _EXTENSION_FORMATS.get(os.path.splitext(path)[1].lower(), "text")
 
 
-def read_documents(files: CorpusFiles, text_field: str = "text", num_blocks: int | None = None):
-    """A Ray Dataset of the corpus documents: `text` (str) and `replaced` (invalid UTF-8 bytes replaced)."""
+def read_documents(files: CorpusFiles, text_field: str = "text", documents: str = "blank-line"):
+    """A Ray Dataset of the corpus documents, one read task per work unit: `text` (str) and `replaced`
+    (invalid UTF-8 bytes replaced with U+FFFD). Plain text is cut into documents by `documents`."""
     import ray.data
 
-    if files.input_format in ("bert", "text"):
-        ranges = _byte_ranges(files.paths, num_blocks)
-        return ray.data.from_items(ranges, override_num_blocks=max(1, len(ranges))).map_batches(
-            _read_range_documents, batch_size=1, batch_format="pyarrow"
-        )
-    if files.input_format == "jsonl":
-        dataset = ray.data.read_json(
-            list(files.paths), lines=True, file_extensions=None, override_num_blocks=num_blocks
-        )
-    elif files.input_format == "parquet":
-        dataset = ray.data.read_parquet(list(files.paths), override_num_blocks=num_blocks)
-    else:
-        dataset = _read_hf_datasets(files.paths, num_blocks)
-    columns = dataset.columns()
-    if text_field not in columns:
-        raise DataError(
-            f"the {files.input_format} corpus has no field {text_field!r} (it has {', '.join(columns)}); "
-            "pass --text-field NAME"
-        )
-    return dataset.select_columns([text_field]).map_batches(
-        _as_documents, fn_kwargs={"text_field": text_field}, batch_format="pyarrow"
+    units = plan_units(files, text_field)
+    return ray.data.from_items(list(range(len(units))), override_num_blocks=max(1, len(units))).map_batches(
+        _unit_documents_table,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"units": units, "input_format": files.input_format, "documents": documents},
     )
 
 
-def _read_hf_datasets(paths: tuple[str, ...], num_blocks: int | None):
-    import datasets
-    import ray.data
+def _unit_documents_table(batch: pa.Table, units: list[WorkUnit], input_format: str, documents: str):
+    (index,) = batch.column("item").to_pylist()
+    unit = read_unit(units[index], input_format, documents)
+    return pa.table(
+        {"text": pa.array(unit.texts, pa.string()), "replaced": pa.array(unit.replaced, pa.int64())}
+    )
 
-    parts = []
-    for path in paths:
+
+# --- work units -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of one file: bytes [start, end) of a text or JSONL file, row groups [start, end) of a Parquet
+    file, rows [start, end) of a saved HF dataset."""
+
+    path: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """What one task reads: consecutive parts of the corpus, about `unit_bytes` in all."""
+
+    index: int
+    parts: tuple[Part, ...]
+    nbytes: int
+    """The corpus bytes it covers."""
+    text_field: str = "text"
+
+
+def unit_bytes(total_bytes: int) -> int:
+    """The size of a work unit: 1 MiB (so that a small corpus still has units for every CPU), up to 16 MiB
+    for corpora above 256 MiB (so that a large one has no more than a few hundred thousand task outputs)."""
+    return min(MAX_UNIT_BYTES, max(MIN_UNIT_BYTES, total_bytes // 256))
+
+
+def plan_units(files: CorpusFiles, text_field: str = "text") -> list[WorkUnit]:
+    """Cut the corpus into work units by its files alone (their order and sizes), never by the cluster, so
+    that the output is the same on any cluster: consecutive small files share a unit, a large file is cut
+    into parts of about equal size (at whitespace, when read), and parts are packed in order up to the unit
+    size."""
+    size = unit_bytes(files.total_bytes)
+    if files.input_format == "jsonl" and files.paths:  # a wrong --text-field fails here, not in a task
+        _read_jsonl_part(Part(files.paths[0], 0, 1), text_field)
+    pieces = [
+        piece for path in files.paths for piece in _file_pieces(path, files.input_format, text_field, size)
+    ]
+    units: list[WorkUnit] = []
+    current: list[Part] = []
+    current_bytes = 0
+    for part, nbytes in pieces:
+        if current and current_bytes + nbytes > size:
+            units.append(WorkUnit(len(units), tuple(current), current_bytes, text_field))
+            current, current_bytes = [], 0
+        if current and current[-1].path == part.path and current[-1].end == part.start:
+            current[-1] = Part(part.path, current[-1].start, part.end)  # consecutive row groups or rows
+        else:
+            current.append(part)
+        current_bytes += nbytes
+    if current:
+        units.append(WorkUnit(len(units), tuple(current), current_bytes, text_field))
+    return units
+
+
+def _file_pieces(path: str, input_format: str, text_field: str, size: int) -> list[tuple[Part, int]]:
+    """The parts of one file that a unit may hold, each with its share of the file's bytes on disk."""
+    if input_format == "parquet":
+        import pyarrow.parquet as pq
+
+        filesystem, inner = storage.resolve(path)
+        metadata = pq.read_metadata(inner, filesystem=filesystem)
+        _require_field(text_field, metadata.schema.to_arrow_schema().names, path)
+        file_bytes, rows = _file_size(path), max(1, metadata.num_rows)
+        return [
+            (Part(path, group, group + 1), file_bytes * metadata.row_group(group).num_rows // rows)
+            for group in range(metadata.num_row_groups)
+        ]
+    if input_format == "hf":
+        dataset = _load_hf_dataset(path)
+        _require_field(text_field, dataset.column_names, path)
+        rows, nbytes = len(dataset), max(1, _directory_bytes(path))
+        rows_per_piece = max(1, math.ceil(rows * MIN_UNIT_BYTES / nbytes))
+        return [
+            (
+                Part(path, row, min(rows, row + rows_per_piece)),
+                nbytes * min(rows_per_piece, rows - row) // rows,
+            )
+            for row in range(0, rows, rows_per_piece)
+        ]
+    file_bytes = _file_size(path)
+    count = max(1, math.ceil(file_bytes / size))
+    step = math.ceil(file_bytes / count)
+    bounds = [min(file_bytes, k * step) for k in range(count + 1)]
+    return [(Part(path, low, high), high - low) for low, high in zip(bounds, bounds[1:], strict=False)]
+
+
+# --- reading a unit ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitText:
+    """The documents of one work unit, in corpus order."""
+
+    texts: list[str]
+    keys: list[int]
+    """Each document's key: which split it joins. For a file read as one document, a hash of the file's first
+    64 KiB (every part of a large file gets the same one); else a hash of the document's text."""
+    continued: list[bool]
+    """Whether the document is a later part of a file read as one document (not counted as a new document)."""
+    replaced: list[int]
+    """Invalid UTF-8 bytes replaced with U+FFFD, per document."""
+    binary_files: list[str]
+    """Files skipped as binary (named by the part that starts them)."""
+
+
+def read_unit(unit: WorkUnit, input_format: str, documents: str = "file") -> UnitText:
+    """Read the documents of `unit`."""
+    out = UnitText([], [], [], [], [])
+    for part in unit.parts:
+        if input_format in ("text", "bert"):
+            _read_text_part(part, documents == "file" and input_format == "text", out)
+        else:
+            for text in _read_rows(part, input_format, unit.text_field):
+                _add(out, text, text_key(text), False, 0)
+    return out
+
+
+def _add(out: UnitText, text: str, key: int, continued: bool, replaced: int) -> None:
+    out.texts.append(text)
+    out.keys.append(key)
+    out.continued.append(continued)
+    out.replaced.append(replaced)
+
+
+def _read_text_part(part: Part, whole_file_documents: bool, out: UnitText) -> None:
+    filesystem, inner = storage.resolve(part.path)
+    with filesystem.open_input_file(inner) as stream:
+        head = stream.read(_KEY_BYTES)
+        if b"\0" in head[:_BINARY_SNIFF_BYTES]:
+            if part.start == 0:
+                out.binary_files.append(part.path)
+            return
+        if whole_file_documents:
+            size = stream.size()
+            start, end = _piece_boundary(stream, size, part.start), _piece_boundary(stream, size, part.end)
+            stream.seek(start)
+            text, replaced = decode_replacing(stream.read(end - start))
+            _add(out, text, _bytes_key(head), start > 0, replaced)
+            return
+    for document in iter_range_documents(part.path, part.start, part.end):
+        text, replaced = decode_replacing(document)
+        _add(out, text, text_key(text), False, replaced)
+
+
+def _bytes_key(raw: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+
+
+def _piece_boundary(stream, size: int, offset: int) -> int:
+    """Where a part boundary at `offset` of a file read as one document really falls: after the first blank
+    line, else newline, else space in the next 64 KiB, else at the next UTF-8 character. Both parts that meet
+    there compute the same place, so the parts tile the file."""
+    if offset <= 0 or offset >= size:
+        return min(max(offset, 0), size)
+    stream.seek(offset)
+    window = stream.read(_KEY_BYTES)
+    for separator in (b"\n\n", b"\n", b" ", b"\t"):
+        found = window.find(separator)
+        if found >= 0:
+            return offset + found + len(separator)
+    skip = 0
+    while skip < len(window) and window[skip] & 0xC0 == 0x80:
+        skip += 1
+    return offset + skip
+
+
+def _read_rows(part: Part, input_format: str, text_field: str) -> list[str]:
+    """The texts of the rows in one part of a JSONL, Parquet or HF dataset file (a missing text is "")."""
+    if input_format == "jsonl":
+        return _read_jsonl_part(part, text_field)
+    if input_format == "parquet":
+        import pyarrow.parquet as pq
+
+        filesystem, inner = storage.resolve(part.path)
+        table = pq.ParquetFile(inner, filesystem=filesystem).read_row_groups(
+            list(range(part.start, part.end)), columns=[text_field]
+        )
+        column = table.column(0)
+    else:
+        column = _load_hf_dataset(part.path).with_format("arrow")[part.start : part.end].column(text_field)
+    return column.cast(pa.string()).fill_null("").to_pylist()
+
+
+def _read_jsonl_part(part: Part, text_field: str) -> list[str]:
+    """The rows of the lines that start in [start, end)."""
+    filesystem, inner = storage.resolve(part.path)
+    with filesystem.open_input_file(inner) as stream:
+        size = stream.size()
+        first = _first_line_start(stream, part.start)
+        if first is None:
+            return []
+        last = size if part.end >= size else _first_line_start(stream, part.end)
+        last = size if last is None else last
+        stream.seek(first)
+        raw = stream.read(max(0, last - first))
+    texts = []
+    for number, line in enumerate(raw.split(b"\n")):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise DataError(
+                f"{part.path}: line {number + 1} after byte {first} is not JSON ({error}); fix the line or "
+                "pass --format text to read the file as plain text"
+            ) from None
+        if not isinstance(row, dict) or text_field not in row:
+            names = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(
+                f"{part.path} has no field {text_field!r} (it has {names}); pass --text-field NAME"
+            )
+        text = row[text_field]
+        texts.append("" if text is None else str(text))
+    return texts
+
+
+_HF_DATASETS: dict[str, object] = {}
+
+
+def _load_hf_dataset(path: str):
+    """The dataset saved at `path` (memory-mapped; loaded once per process); its "train" split if a dict."""
+    if path not in _HF_DATASETS:
+        import datasets
+
         loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.DatasetDict):
             if "train" not in loaded:
                 raise DataError(f"the HF dataset at {path} has no 'train' split (it has {list(loaded)})")
             loaded = loaded["train"]
-        parts.append(ray.data.from_huggingface(loaded, override_num_blocks=num_blocks))
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-
-
-def _as_documents(batch: pa.Table, text_field: str) -> pa.Table:
-    texts = batch.column(text_field).cast(pa.string()).fill_null("")
-    return pa.table({"text": texts, "replaced": pa.array([0] * len(texts), pa.int64())})
-
-
-def _byte_ranges(paths: tuple[str, ...], num_blocks: int | None) -> list[dict]:
-    sizes = [_file_size(path) for path in paths]
-    total = sum(sizes)
-    if num_blocks:
-        range_bytes = max(1, math.ceil(total / num_blocks))
-    else:
-        per_cpu = math.ceil(total / (2 * cluster_cpus()))
-        range_bytes = min(READ_RANGE_BYTES, max(MIN_READ_RANGE_BYTES, per_cpu))
-    ranges = []
-    for path, size in zip(paths, sizes, strict=True):
-        for start in range(0, size, range_bytes):
-            ranges.append({"path": path, "start": start, "end": min(start + range_bytes, size)})
-    return ranges
-
-
-def cluster_cpus() -> int:
-    """The CPUs of the Ray cluster (at least 1): how many tasks a stage can run at once."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()  # what Ray Data's first operation would do
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        _HF_DATASETS[path] = loaded
+    return _HF_DATASETS[path]
 
 
 def _file_size(path: str) -> int:
     filesystem, inner = storage.resolve(path)
     return filesystem.get_file_info(inner).size
-
-
-def _read_range_documents(batch: pa.Table) -> Iterator[pa.Table]:
-    """Ray Data UDF: the documents that start in one byte range of a text file, in tables of ~16 MB."""
-    (item,) = batch.to_pylist()
-    texts: list[str] = []
-    replaced: list[int] = []
-    pending_bytes = 0
-    for document in iter_range_documents(item["path"], item["start"], item["end"]):
-        text, count = decode_replacing(document)
-        texts.append(text)
-        replaced.append(count)
-        pending_bytes += len(document)
-        if pending_bytes >= _EMIT_BATCH_BYTES:
-            yield pa.table({"text": texts, "replaced": pa.array(replaced, pa.int64())})
-            texts, replaced, pending_bytes = [], [], 0
-    yield pa.table({"text": pa.array(texts, pa.string()), "replaced": pa.array(replaced, pa.int64())})
 
 
 def decode_replacing(raw: bytes) -> tuple[str, int]:
@@ -324,32 +506,10 @@ def _piece_cut(document: bytearray) -> int:
 
 
 def iter_corpus_texts(files: CorpusFiles, text_field: str = "text") -> Iterator[str]:
-    """Stream the corpus's text on this process (for tokenizer training): documents or pieces of them."""
-    if files.input_format in ("bert", "text"):
-        for path in files.paths:
-            for document in iter_range_documents(path, 0, _file_size(path)):
-                yield decode_replacing(document)[0]
-        return
-    if files.input_format == "hf":
-        import datasets
-
-        for path in files.paths:
-            loaded = datasets.load_from_disk(path)
-            if isinstance(loaded, datasets.DatasetDict):
-                loaded = loaded["train"]
-            _require_field(text_field, loaded.column_names, path)
-            for batch in loaded.iter(batch_size=1000):
-                yield from (text for text in batch[text_field] if text)
-        return
-    import pyarrow.dataset as pads
-
-    for path in files.paths:
-        filesystem, inner = storage.resolve(path)
-        source_format = pads.JsonFileFormat() if files.input_format == "jsonl" else "parquet"
-        table_source = pads.dataset(inner, filesystem=filesystem, format=source_format)
-        _require_field(text_field, table_source.schema.names, path)
-        for batch in table_source.to_batches(columns=[text_field]):
-            yield from (text for text in batch.column(0).to_pylist() if text)
+    """Stream the corpus's text on this process (for tokenizer training), unit by unit: its documents (plain
+    text by blank lines, so that no string is larger than a unit)."""
+    for unit in plan_units(files, text_field):
+        yield from (text for text in read_unit(unit, files.input_format, "blank-line").texts if text)
 
 
 def _require_field(text_field: str, names: list[str], path: str) -> None:

@@ -61,6 +61,7 @@ ABBREVIATIONS = frozenset(
 _BOUNDARY = re.compile(r"""([.!?…]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9À-ÖØ-Þ])""")
 _WORD_BEFORE_STOP = re.compile(r"(\S+)\.$")
 _SPACES = re.compile(r"\s+")
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 def normalize_text(text: str) -> str:
@@ -100,8 +101,8 @@ def _is_abbreviation(candidate: str) -> bool:
 
 
 def document_sentences(text: str, one_sentence_per_line: bool) -> list[str]:
-    """The sentences of a document: its lines (BERT format) or its paragraphs split by rule."""
-    lines = (line.strip() for line in text.splitlines())
+    """The sentences of a document: its lines (BERT format), or the sentences of its paragraphs (blocks of
+    lines between blank lines, their lines joined: wrapped text keeps its sentences whole)."""
     if one_sentence_per_line:
-        return [_SPACES.sub(" ", line) for line in lines if line]
-    return [sentence for line in lines for sentence in split_sentences(line)]
+        return [sentence for line in text.splitlines() if (sentence := _SPACES.sub(" ", line).strip())]
+    return [sentence for paragraph in _BLANK_LINE.split(text) for sentence in split_sentences(paragraph)]

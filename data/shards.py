@@ -1,33 +1,29 @@
-"""Even Parquet shards of a sorted example dataset, with a stable `example_id` (the row's global position).
+"""A split's examples in a seeded random order over the whole split, written as even Parquet shards.
 
-The sorted dataset's blocks are cut into shards whose sizes differ by at most one example; one Ray task writes
-each shard from slices of the blocks it spans, so no block boundary shows in the output.
+Example i of a split (its index in the order the units made it: unit by unit) goes to position
+`permuted_positions(i)`, a seeded bijection of [0, N): a 4-round Feistel network over the smallest even
+number of bits that covers N, walking values outside [0, N) along their cycle until they land inside. Any
+example's position is computed alone, in O(1) memory, so the shuffle needs no sort and no table of the split:
+each task that holds examples cuts them into one bucket per target shard (`bucket_by_shard`), and each shard's
+task sorts the buckets it receives by position and writes them (`write_shard`). Shard sizes differ by at most
+one example (`shard_sizes`), and `example_id` is the position: 0..N-1 over the shards in order. Nothing
+depends on how many tasks made the examples, so the same seed gives the same shards on any cluster.
 """
 
 from __future__ import annotations
 
 import math
 import posixpath
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data import storage
-from data.errors import DataError
+from data.hashing import combine, stream_key
 
 SHARD_COLUMNS = ("example_id", "input_ids", "token_type_ids", "next_sentence_label")
-
-
-@dataclass
-class WrittenSplit:
-    examples: int
-    tokens: int
-    truncated: int
-    paths: list[str]
-    """Shard paths relative to the prepared directory."""
+_FEISTEL_ROUNDS = 4
 
 
 def shard_sizes(num_examples: int, examples_per_shard: int) -> list[int]:
@@ -37,60 +33,47 @@ def shard_sizes(num_examples: int, examples_per_shard: int) -> list[int]:
     return [base + (1 if shard < extra else 0) for shard in range(num_shards)]
 
 
-def write_shards(sorted_examples, prepared_dir: str, split: str, examples_per_shard: int) -> WrittenSplit:
-    """Write `sorted_examples` (a Ray Dataset) as prepared_dir/split/shard-NNNNN.parquet."""
-    import ray
-
-    blocks: list[tuple[object, int]] = []
-    for bundle in sorted_examples.materialize().iter_internal_ref_bundles():
-        blocks.extend((entry.ref, entry.metadata.num_rows) for entry in bundle.blocks)
-    block_starts = np.cumsum([0] + [rows for _, rows in blocks])
-    num_examples = int(block_starts[-1])
-    if num_examples == 0:
-        raise DataError(
-            f"the {split} split produced no examples; check the corpus (are its documents empty?)"
-        )
-    write_shard = ray.remote(_write_shard)
-    pending, paths = [], []
-    shard_start = 0
-    for shard, size in enumerate(shard_sizes(num_examples, examples_per_shard)):
-        relative_path = f"{split}/shard-{shard:05d}.parquet"
-        shard_end = shard_start + size
-        spans, refs = [], []
-        for index, (block_ref, _) in enumerate(blocks):
-            low = max(shard_start, block_starts[index])
-            high = min(shard_end, block_starts[index + 1])
-            if low < high:
-                spans.append((int(low - block_starts[index]), int(high - low)))
-                refs.append(block_ref)
-        pending.append(
-            write_shard.remote(storage.join(prepared_dir, relative_path), shard_start, spans, *refs)
-        )
-        paths.append(relative_path)
-        shard_start = shard_end
-    stats = ray.get(pending)
-    return WrittenSplit(
-        examples=num_examples,
-        tokens=sum(tokens for tokens, _ in stats),
-        truncated=sum(truncated for _, truncated in stats),
-        paths=paths,
-    )
+def permuted_positions(indices: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Positions of examples `indices` (in [0, n)) under the seeded permutation of [0, n)."""
+    half_bits = max(1, math.ceil(max(1, (n - 1).bit_length()) / 2))
+    mask = np.uint64((1 << half_bits) - 1)
+    round_keys = [stream_key(seed, "shuffle", n, r) for r in range(_FEISTEL_ROUNDS)]
+    values = np.asarray(indices, dtype=np.uint64).copy()
+    outside = np.arange(len(values))
+    while len(outside):  # cycle walking: the domain is under 4n, so this takes a few rounds
+        left, right = values[outside] >> np.uint64(half_bits), values[outside] & mask
+        for key in round_keys:
+            left, right = right, left ^ (combine(key, right) & mask)
+        values[outside] = (left << np.uint64(half_bits)) | right
+        outside = outside[values[outside] >= np.uint64(n)]
+    return values.astype(np.int64)
 
 
-def _write_shard(path: str, first_example_id: int, spans: list[tuple[int, int]], *blocks) -> tuple[int, int]:
-    """Ray task: the slices of the blocks that make one shard -> a Parquet file; (tokens, truncated)."""
-    from ray.data.block import BlockAccessor
+def bucket_by_shard(
+    examples: pa.Table, first_index: int, num_examples: int, seed: int, shard_bounds: list[int]
+) -> list[pa.Table]:
+    """Ray task body: examples `first_index`... of the split -> one table per shard (with `example_id`);
+    shard k holds positions [shard_bounds[k], shard_bounds[k + 1])."""
+    positions = permuted_positions(np.arange(examples.num_rows) + first_index, num_examples, seed)
+    shard = np.searchsorted(np.asarray(shard_bounds[1:]), positions, side="right")
+    order = np.argsort(shard, kind="stable")
+    bounds = np.searchsorted(shard[order], np.arange(len(shard_bounds)))
+    ordered = examples.take(pa.array(order)).append_column("example_id", pa.array(positions[order]))
+    return [ordered.slice(low, high - low) for low, high in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    pieces = [
-        BlockAccessor.for_block(block).to_arrow().slice(offset, length)
-        for block, (offset, length) in zip(blocks, spans, strict=True)
-    ]
-    table = pa.concat_tables(pieces)
-    example_ids = pa.array(np.arange(first_example_id, first_example_id + table.num_rows, dtype=np.int64))
-    table = table.append_column("example_id", example_ids)
-    tokens = int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
-    truncated = int(pc.sum(table.column("truncated").cast(pa.int64())).as_py() or 0)
+
+def only_bucket(*args) -> pa.Table:
+    """`bucket_by_shard` for a split of one shard (a task with one return value returns it unwrapped)."""
+    (bucket,) = bucket_by_shard(*args)
+    return bucket
+
+
+def write_shard(path: str, first_example_id: int, *buckets: pa.Table) -> int:
+    """Ray task body: one shard's buckets -> a Parquet file of its examples by position; its row count."""
+    table = pa.concat_tables(buckets).sort_by("example_id")
+    ids = table.column("example_id").to_numpy()
+    assert ids[0] == first_example_id and (np.diff(ids) == 1).all(), "the shuffle lost or doubled examples"
     filesystem, inner_path = storage.resolve(path)
     filesystem.create_dir(posixpath.dirname(inner_path), recursive=True)
     pq.write_table(table.select(list(SHARD_COLUMNS)), inner_path, filesystem=filesystem)
-    return tokens, truncated
+    return table.num_rows

@@ -14,10 +14,11 @@ from model.bert import (
     attention_path,
     compile_model,
 )
-from model.config import PRESETS, BertConfig
+from model.config import ARCHITECTURE_FIELDS, PRESETS, BertConfig
 from model.hf import CheckpointError
 
 __all__ = [
+    "ARCHITECTURE_FIELDS",
     "IGNORE_INDEX",
     "PRESETS",
     "BertConfig",

@@ -28,6 +28,17 @@ PRESETS: dict[str, dict[str, int]] = {
     }.items()
 }
 
+ARCHITECTURE_FIELDS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+)
+"""What makes two BERTs the same network, besides the vocabulary: weights move only between such models."""
+
 # The CUDA kernels for the attention of unpadded batches (BertConfig.unpadded_attention).
 UNPADDED_ATTENTION = ("sdpa", "varlen")
 

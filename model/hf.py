@@ -3,7 +3,9 @@
 Reads a checkpoint directory that transformers saved for `BertModel`, `BertForMaskedLM` or
 `BertForPreTraining` (config.json + model.safetensors, or pytorch_model.bin read with weights_only=True),
 keys with or without the `bert.` prefix. Heads the checkpoint lacks keep their fresh initialisation and are
-listed in a warning. Writes config.json + model.safetensors that
+listed in a warning. A vocabulary padded with spare rows (NVIDIA's 30,528 rows for 30,522 tokens) loads into
+a model of the tokenizer's true size (pass `vocab_size`): the spare rows are dropped. Writes config.json +
+model.safetensors that
 `transformers.BertForPreTraining.from_pretrained` loads with no missing or unexpected keys, always with the
 tokenizer's true vocabulary size.
 """
@@ -33,6 +35,10 @@ PYTORCH_FILE = "pytorch_model.bin"
 _IGNORED_HF_KEYS = {"embeddings.position_ids", "embeddings.token_type_ids", "cls.predictions.decoder.weight"}
 # Our parameters that belong to a head: a checkpoint without them still loads.
 _HEAD_PREFIXES = ("bert.pooler.", "mlm_", "nsp_head.")
+# One tensor that tells each pretraining head is in a checkpoint (names without the `bert.` prefix).
+MLM_HEAD_TENSOR = "cls.predictions.transform.dense.weight"
+NSP_HEAD_TENSOR = "cls.seq_relationship.weight"
+_VOCABULARY_ROWS = ("bert.embeddings.word.weight", "mlm_bias")
 
 
 class CheckpointError(Exception):
@@ -84,7 +90,7 @@ def to_hf_state_dict(model: BertForPreTraining) -> dict[str, torch.Tensor]:
     out = {}
     for name, key in hf_key_map(config).items():
         tensor = ours[name]
-        if name in ("bert.embeddings.word.weight", "mlm_bias"):
+        if name in _VOCABULARY_ROWS:
             tensor = tensor[: config.vocab_size]
         out[_hf_name(key)] = tensor
     for i in range(config.num_hidden_layers):
@@ -135,7 +141,30 @@ def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
     )
 
 
-def _normalise_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def tensor_names(directory: Path) -> list[str]:
+    """The checkpoint's tensor names as stored; only the header of a safetensors file is read."""
+    from safetensors import safe_open
+
+    path = directory / SAFETENSORS_FILE
+    if not path.is_file():
+        return list(read_hf_weights(directory)[0])
+    try:
+        with safe_open(path, framework="pt") as file:
+            return list(file.keys())
+    except SafetensorError as error:
+        raise CheckpointError(f"{path}: cannot read the weights: {error}") from error
+
+
+def pretraining_heads(names: list[str], hf_config: dict) -> tuple[bool, bool]:
+    """Whether a checkpoint with these tensor names and this config.json holds a trained MLM head and a
+    trained NSP head. A run of ours without NSP exports its untrained NSP head with `use_nsp: false` in
+    config.json: that one does not count."""
+    normalised = _normalise_keys(dict.fromkeys(names))
+    trained_with_nsp = hf_config.get("use_nsp", True) is not False
+    return MLM_HEAD_TENSOR in normalised, NSP_HEAD_TENSOR in normalised and trained_with_nsp
+
+
+def _normalise_keys(state_dict: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
     """Strip the `bert.` prefix and rename TF-era LayerNorm `gamma`/`beta` to `weight`/`bias`."""
     out = {}
     for key, tensor in state_dict.items():
@@ -148,16 +177,25 @@ def _normalise_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def load_hf(cls: type[BertForPreTraining], path: str | Path, **config_overrides) -> BertForPreTraining:
     directory = Path(path)
-    config = read_hf_config(directory, **config_overrides)
+    model = cls(read_hf_config(directory, **config_overrides))
+    copy_hf_weights(model, directory)
+    return model
+
+
+def copy_hf_weights(model: BertForPreTraining, directory: Path) -> None:
+    """Copy the HF checkpoint's tensors into `model`, whose sizes must be the checkpoint's (its vocabulary
+    may be smaller than a padded one's rows). Heads the checkpoint lacks keep the model's values (warned)."""
+    config = model.config
     raw_state_dict, weights_path = read_hf_weights(directory)
     hf = _normalise_keys(raw_state_dict)
     if "cls.predictions.bias" not in hf and "cls.predictions.decoder.bias" in hf:
         hf["cls.predictions.bias"] = hf.pop("cls.predictions.decoder.bias")
     hf.pop("cls.predictions.decoder.bias", None)  # tied to cls.predictions.bias
 
-    model = cls(config)
     ours = model.state_dict()
     used, missing_heads, loaded = set(), [], {}
+    names = hf_key_map(config)
+    vocabulary_keys = {names[name] for name in _VOCABULARY_ROWS}
 
     def take(key: str, expected_shape: tuple[int, ...], required: bool) -> torch.Tensor | None:
         if key not in hf:
@@ -168,6 +206,8 @@ def load_hf(cls: type[BertForPreTraining], path: str | Path, **config_overrides)
             missing_heads.append(_hf_name(key))
             return None
         tensor = hf[key]
+        if key in vocabulary_keys and tensor.shape[0] > expected_shape[0]:
+            tensor = tensor[: expected_shape[0]]  # a padded vocabulary: the spare rows hold no token
         if tuple(tensor.shape) != expected_shape:
             raise CheckpointError(
                 f"{weights_path}: tensor {_hf_name(key)!r} has shape {tuple(tensor.shape)}, expected "
@@ -177,9 +217,9 @@ def load_hf(cls: type[BertForPreTraining], path: str | Path, **config_overrides)
         used.add(key)
         return tensor
 
-    for name, key in hf_key_map(config).items():
+    for name, key in names.items():
         expected = tuple(ours[name].shape)
-        if name in ("bert.embeddings.word.weight", "mlm_bias"):
+        if name in _VOCABULARY_ROWS:
             expected = (config.vocab_size, *expected[1:])
         tensor = take(key, expected, required=not name.startswith(_HEAD_PREFIXES))
         if tensor is not None:
@@ -205,4 +245,3 @@ def load_hf(cls: type[BertForPreTraining], path: str | Path, **config_overrides)
             f"{weights_path}: ignored tensors that BERT pretraining does not use: {', '.join(unexpected)}",
             stacklevel=3,
         )
-    return model

@@ -23,14 +23,18 @@ from data.errors import DataError
 from model import PRESETS
 from orchestrator.errors import UserError
 
+AUTO_PRESET = "auto"
+"""model.preset: take the sizes of checkpoint.init_from (tiny when training from scratch)."""
 # Recipes shipped in the repository's configs/ folder, selectable by bare name (`--config debug`).
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"
-    """Named size from model.PRESETS: tiny, mini, small, medium, base, large (vocabulary from the data)."""
+    preset: str = "auto"
+    """Named size from model.PRESETS: tiny, mini, small, medium, base, large (vocabulary from the data);
+    "auto": the sizes of checkpoint.init_from when given, else tiny. A preset that contradicts
+    checkpoint.init_from is refused."""
     use_nsp: bool = True
     """Train the next-sentence-prediction head as well as MLM (False: MLM only, as RoBERTa)."""
     activation_checkpointing: bool = False
@@ -50,7 +54,8 @@ class DataConfig:
     corpus: list[str] = field(default_factory=lambda: ["builtin"])
     """Corpus files, directories, globs or URIs; "builtin" is the embedded default (stdlib docstrings)."""
     tokenizer_dir: str = "tokenizers/default"
-    """Tokenizer folder (relative to the working directory); trained from the corpus when missing."""
+    """Tokenizer folder (relative to the working directory); trained from the corpus when missing. With
+    checkpoint.init_from holding a tokenizer, "" (or a folder with none yet) takes that one."""
     prepared_dir: str = "prepared/default"
     """Prepared shards folder; built from the corpus when missing or made with other settings."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -321,8 +326,9 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
 def _validate(config: JobConfig) -> None:
     """Settings that are valid alone but not together, or out of range."""
     train, optim, scaling, checkpoint = config.train, config.optim, config.scaling, config.checkpoint
-    if config.model.preset not in PRESETS:
-        raise UserError(f"model.preset: {config.model.preset!r} is not one of {', '.join(PRESETS)}")
+    if config.model.preset not in (AUTO_PRESET, *PRESETS):
+        choices = ", ".join((*PRESETS, AUTO_PRESET))
+        raise UserError(f"model.preset: {config.model.preset!r} is not one of {choices}")
     if config.data.prepare.objective == "mlm" and config.model.use_nsp:
         raise UserError("data.prepare.objective is 'mlm' (no sentence pairs): set model.use_nsp: false")
     if (train.max_steps is None) == (train.max_tokens is None):
@@ -338,7 +344,6 @@ def _validate(config: JobConfig) -> None:
         "scaling.threads_per_worker": scaling.threads_per_worker,
         "checkpoint.every": checkpoint.every,
         "checkpoint.keep": checkpoint.keep,
-        "optim.lr": optim.lr,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -346,6 +351,7 @@ def _validate(config: JobConfig) -> None:
     non_negative = {
         "train.eval_every": train.eval_every,
         "optim.weight_decay": optim.weight_decay,
+        "optim.lr": optim.lr,  # 0 keeps the weights: scores a checkpoint on new data through the same run
         "optim.warmup_steps": optim.warmup_steps,
         "optim.max_grad_norm": optim.max_grad_norm,
         "scaling.data_cpus": scaling.data_cpus,

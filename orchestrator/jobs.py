@@ -153,9 +153,12 @@ def local_paths(config: JobConfig) -> list[str]:
         "checkpoint.storage_path": config.checkpoint.storage_path,
         "data.tokenizer_dir": config.data.tokenizer_dir,
         "data.prepared_dir": config.data.prepared_dir,
+        "checkpoint.init_from": config.checkpoint.init_from or "",
     }
     return [
-        f"{key}={path}" for key, path in paths.items() if not storage.is_uri(path) and not os.path.isabs(path)
+        f"{key}={path}"
+        for key, path in paths.items()
+        if path and not storage.is_uri(path) and not os.path.isabs(path)
     ]
 
 

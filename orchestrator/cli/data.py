@@ -52,22 +52,31 @@ def _register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
 def _register_prepare(subparsers: argparse._SubParsersAction) -> None:
     prepare = subparsers.add_parser(
         "prepare",
-        help="tokenize a corpus into sentence-pair examples (Parquet shards) with Ray Data",
-        description="Run the Ray Data pipeline: documents -> sentences -> token ids -> [CLS] A [SEP] B [SEP] "
-        "examples with NSP labels (as the original BERT builder) -> even Parquet shards + manifest.json. "
-        "Joins the Ray cluster in RAY_ADDRESS or starts a local one. The output depends only on the inputs "
-        "and --seed.",
+        help="tokenize a corpus into sentence-pair examples (Parquet shards) with Ray",
+        description="Run the Ray pipeline: documents -> sentences -> token ids -> [CLS] A [SEP] B [SEP] "
+        "examples with balanced NSP labels (as the original BERT builder), or full sequences with "
+        "--objective mlm -> Parquet shards of even size in a seeded random order + manifest.json. Joins the "
+        "Ray cluster in RAY_ADDRESS or starts a local one. The output depends only on the inputs and --seed.",
     )
     prepare.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help=CORPUS_HELP)
     prepare.add_argument(
         "--tokenizer", required=True, metavar="DIR", help="tokenizer dir, tokenizer.json or vocab.txt"
     )
     prepare.add_argument("--out", required=True, metavar="DIR", help="prepared directory to write")
-    prepare.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+    prepare.add_argument(
+        "--max-seq-length", type=int, default=128, help="tokens per example, at most 512 (default 128)"
+    )
     prepare.add_argument(
         "--short-seq-prob", type=float, default=0.1, help="chance of a shorter target length"
     )
     prepare.add_argument("--objective", default="mlm+nsp", choices=("mlm+nsp", "mlm"), help="example kind")
+    prepare.add_argument(
+        "--documents",
+        default="file",
+        choices=("file", "blank-line"),
+        help="plain text: a file is a document (default), or blank lines separate documents (the BERT "
+        "format always uses blank lines; a JSONL/Parquet/HF row is a document)",
+    )
     prepare.add_argument("--eval-fraction", type=float, default=0.0, help="share of documents held out")
     prepare.add_argument("--seed", type=int, default=12345, help="seed of every random choice")
     add_corpus_format_arguments(prepare)
@@ -114,6 +123,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         objective=args.objective,
         eval_fraction=args.eval_fraction,
         input_format=args.format,
+        documents=args.documents,
         text_field=args.text_field,
         seed=args.seed,
         examples_per_shard=args.examples_per_shard,

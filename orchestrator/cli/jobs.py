@@ -60,7 +60,8 @@ def run_submit(args: argparse.Namespace) -> int:
     from orchestrator.jobs import MlflowRunFinder, check_submittable, connect, follow_logs, submit_run
     from orchestrator.tracking.params import redact
 
-    config = apply_scaling_flags(load_config(args.config, args.overrides), args.num_workers, args.use_gpu)
+    overrides = [*args.overrides, *([f"checkpoint.init_from={args.init_from}"] if args.init_from else [])]
+    config = apply_scaling_flags(load_config(args.config, overrides), args.num_workers, args.use_gpu)
     for setting in check_submittable(config):
         print(
             f"warning: {setting} is relative: on the cluster it resolves in the head node's home folder, "
@@ -69,7 +70,9 @@ def run_submit(args: argparse.Namespace) -> int:
 
     client = connect(args.address)
     job_id = submit_run(client, config)
-    print(f"Submitted job {job_id}: {config.scaling.describe_workers()} workers, {config.model.preset} model")
+    from_checkpoint = config.model.preset == "auto" and config.checkpoint.init_from
+    model = "the --init-from" if from_checkpoint else config.model.preset
+    print(f"Submitted job {job_id}: {config.scaling.describe_workers()} workers, {model} model")
     print(f"Ray dashboard: {client.get_address()}")
     finder = MlflowRunFinder(config)
 

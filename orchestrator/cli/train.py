@@ -20,11 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "writes the final model in HF format to <storage_path>/<run_name>/final/.",
     )
     add_run_arguments(train)
-    train.add_argument(
-        "--init-from",
-        metavar="DIR",
-        help="start a new run from the weights of a training checkpoint or an HF model folder (e.g. phase 2)",
-    )
     train.set_defaults(func=run_train)
 
     config = subparsers.add_parser("config", help="inspect recipes", description="Inspect run recipes.")
@@ -53,6 +48,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
     device.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
+    parser.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="start a new run from the weights of a training checkpoint or an HF BERT folder, which also "
+        "decides the model's sizes and tokenizer (phase 2, or continued pretraining with --config continue)",
+    )
     add_set_argument(parser)
 
 

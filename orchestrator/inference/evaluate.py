@@ -14,8 +14,9 @@ import torch
 
 from data import MaskingConfig, build_train_dataset, load_manifest, make_collate_fn, storage, tokenizer_hash
 from data.manifest import TOKENIZER_DIR
+from model.hf import MLM_HEAD_TENSOR
 from orchestrator.errors import UserError
-from orchestrator.inference.loading import MLM_HEAD_TENSOR, LoadedModel
+from orchestrator.inference.loading import LoadedModel
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
 

@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 
 from data import load_tokenizer, storage
-from model import BertForPreTraining, CheckpointError
-from model.hf import CONFIG_FILE, SAFETENSORS_FILE, read_hf_config, read_hf_weights
+from model import BertForPreTraining
+from model.hf import CONFIG_FILE, pretraining_heads, read_hf_config, tensor_names
 from orchestrator.errors import UserError
 from orchestrator.train.checkpoints import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, load_model_from_checkpoint
-
-MLM_HEAD_TENSOR = "cls.predictions.transform.dense.weight"
-NSP_HEAD_TENSOR = "cls.seq_relationship.weight"
 
 
 @dataclass
@@ -70,9 +66,8 @@ def load_model(path: str | Path, tokenizer_dir: str | None = None, device: str =
         has_mlm_head, has_nsp_head = True, model.config.use_nsp
     elif (source / CONFIG_FILE).is_file():
         read_hf_config(source)  # first: a clear error for a folder that is not BERT
-        names = _tensor_names(source)
-        has_mlm_head = MLM_HEAD_TENSOR in names
-        has_nsp_head = NSP_HEAD_TENSOR in names and _trained_with_nsp(source)
+        hf_config = json.loads((source / CONFIG_FILE).read_text())
+        has_mlm_head, has_nsp_head = pretraining_heads(tensor_names(source), hf_config)
         model = BertForPreTraining.from_hf(source, use_nsp=has_nsp_head)
     else:
         raise UserError(
@@ -98,23 +93,6 @@ def load_model(path: str | Path, tokenizer_dir: str | None = None, device: str =
         source,
         torch_device,
     )
-
-
-def _tensor_names(directory: Path) -> set[str]:
-    """The checkpoint's tensor names without the `bert.` prefix (HF head tensors start with `cls.`)."""
-    path = directory / SAFETENSORS_FILE
-    if path.is_file():
-        try:
-            with safe_open(path, framework="pt") as file:  # reads the header only
-                return set(file.keys())
-        except SafetensorError as error:
-            raise CheckpointError(f"{path}: cannot read the weights: {error}") from error
-    return set(read_hf_weights(directory)[0])
-
-
-def _trained_with_nsp(directory: Path) -> bool:
-    """False when config.json says use_nsp is off: an MLM-only run still exports its (untrained) NSP head."""
-    return json.loads((directory / CONFIG_FILE).read_text()).get("use_nsp", True) is not False
 
 
 def _tokenizer_dir_of(source: Path) -> str:

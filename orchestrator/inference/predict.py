@@ -8,8 +8,9 @@ import torch
 
 from data.tokenizer import MASK
 from model import IGNORE_INDEX
+from model.hf import MLM_HEAD_TENSOR, NSP_HEAD_TENSOR
 from orchestrator.errors import UserError
-from orchestrator.inference.loading import MLM_HEAD_TENSOR, NSP_HEAD_TENSOR, LoadedModel
+from orchestrator.inference.loading import LoadedModel
 
 
 @dataclass(frozen=True)

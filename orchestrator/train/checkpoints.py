@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from data import storage
-from model import BertConfig, BertForPreTraining
+from model import ARCHITECTURE_FIELDS, BertConfig, BertForPreTraining
+from model.hf import copy_hf_weights, read_hf_config
 from orchestrator.errors import UserError
 
 MODEL_FILE = "model.safetensors"
@@ -121,27 +123,33 @@ def init_weights_from(model: BertForPreTraining, source: str | Path) -> None:
     """Copy the weights of a training checkpoint or an HF model folder (local or in a bucket) into `model`
     (nothing else).
 
-    The sizes must match the run's model (vocabulary included); position embeddings cover 512 positions in
-    every preset, so phase 2 (seq 512) starts from phase 1 (seq 128) weights as they are.
+    The sizes must match the run's model, which the driver took from this checkpoint
+    (`orchestrator.train.init_from`). An HF folder's vocabulary may have spare rows (NVIDIA pads 30,522 to
+    30,528): they are dropped. Heads it lacks keep the model's BERT initialisation (the driver says so).
     """
     check_init_from(source)
     with storage.local_input(source) as local:
         directory = Path(local)
-        if (directory / MODEL_CONFIG_FILE).is_file():
+        from_checkpoint = (directory / MODEL_CONFIG_FILE).is_file()
+        if from_checkpoint:
             donor = load_model_from_checkpoint(directory)
+            donor_config = donor.config
         else:
-            donor = BertForPreTraining.from_hf(directory, use_nsp=model.config.use_nsp)
-    sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-    different = {k: (getattr(donor.config, k), getattr(model.config, k)) for k in sizes}
-    different = {k: v for k, v in different.items() if v[0] != v[1]}
-    if different:
-        details = ", ".join(f"{k} {a} there vs {b} here" for k, (a, b) in different.items())
-        raise UserError(f"--init-from {source}: the model sizes differ: {details}")
-    missing, unexpected = model.load_state_dict(donor.state_dict(), strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"--init-from {source}: weights do not fit: missing {missing}, unexpected {unexpected}"
-        )
+            donor_config = read_hf_config(directory)
+        sizes = {k: (getattr(donor_config, k), getattr(model.config, k)) for k in ARCHITECTURE_FIELDS}
+        different = {k: v for k, v in sizes.items() if v[0] != v[1]}
+        rows, vocab_size = donor_config.vocab_size, model.config.vocab_size
+        if rows < vocab_size or (from_checkpoint and rows != vocab_size):
+            different["vocab_size"] = (rows, vocab_size)
+        if different:
+            details = ", ".join(f"{k} {a} there vs {b} here" for k, (a, b) in different.items())
+            raise UserError(f"--init-from {source}: the model sizes differ: {details}")
+        if from_checkpoint:
+            model.load_state_dict(donor.state_dict())
+            return
+        with warnings.catch_warnings():  # the driver names the missing heads once, not every rank
+            warnings.simplefilter("ignore")
+            copy_hf_weights(model, directory)
 
 
 def check_init_from(source: str | Path) -> None:

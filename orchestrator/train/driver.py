@@ -26,11 +26,14 @@ import data
 from data import storage
 from data.manifest import MANIFEST_FILE
 from data.readers import BUILTIN_CORPUS_WORD  # the embedded default; data resolves it
+from model import BertConfig
 from orchestrator.config import JobConfig, WorkerCount, apply_scaling_flags, config_from_dict
 from orchestrator.errors import UserError
 from orchestrator.run_dir import update_run_json
+from orchestrator.tracking.params import redact
 from orchestrator.tracking.run import RunTracker, ray_job_tags
-from orchestrator.train.checkpoints import check_init_from, export_final, read_train_state
+from orchestrator.train.checkpoints import export_final, read_train_state
+from orchestrator.train.init_from import Donor, adopt_donor, donor_tags, model_config, read_donor
 from orchestrator.train.loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
 from orchestrator.train.resources import check_resources, plan_batches, ray_worker_count
 
@@ -63,7 +66,7 @@ def resolve_job(
     data_paths = dataclasses.replace(
         job.data,
         corpus=corpus,
-        tokenizer_dir=storage.absolute(job.data.tokenizer_dir),
+        tokenizer_dir=storage.absolute(job.data.tokenizer_dir) if job.data.tokenizer_dir else "",
         prepared_dir=storage.absolute(job.data.prepared_dir),
     )
     resolved = dataclasses.replace(job, checkpoint=checkpoint, data=data_paths)
@@ -72,6 +75,14 @@ def resolve_job(
 
 def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainingResult:
     """Run (or resume) the training run of a resolved job config; return where the final model is."""
+    donor = read_donor(job.checkpoint.init_from) if job.checkpoint.init_from else None
+    if donor is not None:
+        job = adopt_donor(job, donor)
+    if not job.data.tokenizer_dir:
+        raise UserError(
+            "data.tokenizer_dir is empty: name the tokenizer folder (trained there from the corpus when "
+            "missing), or --init-from a model that holds its own tokenizer"
+        )
     init_ray()
     plan_batch = plan_batches(
         job.train.global_batch_size,
@@ -80,10 +91,11 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
         uneven=job.scaling.elastic,
     )
     check_resources(job.scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
-    if job.checkpoint.init_from:
-        check_init_from(job.checkpoint.init_from)
     manifest = ensure_prepared_data(job)
-    plan = plan_run(job, manifest, plan_batch)
+    model = model_config(job, manifest.vocab_size, manifest.special_token_ids["pad"], donor)
+    plan = plan_run(job, manifest, plan_batch, model)
+    if donor is not None:
+        _say_missing_heads(donor, job.model.use_nsp)
     run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
     resolved = job.to_dict()
     update_run_json(run_dir, config=resolved, plan=plan.to_dict())
@@ -91,7 +103,7 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     tracker = RunTracker.open(job.mlflow, run_dir, job.checkpoint.run_name)
     try:
         tracker.log_config(resolved)
-        tracker.set_tags(_run_tags(job, manifest))
+        tracker.set_tags(_run_tags(job, manifest, donor))
         trainer = build_trainer(job, plan, [tracker.callback(), *callbacks])
         result = trainer.fit()
         final_dir = storage.join(run_dir, "final")
@@ -153,8 +165,14 @@ def ensure_prepared_data(job: JobConfig) -> data.Manifest:
         raise UserError(str(error)) from None
 
 
-def plan_run(job: JobConfig, manifest: data.Manifest, batch) -> RunPlan:
-    """Steps, epochs and sizes from the config and the prepared data."""
+def plan_run(job: JobConfig, manifest: data.Manifest, batch, model: BertConfig) -> RunPlan:
+    """Steps, epochs and sizes from the config, the prepared data and the model."""
+    if manifest.settings.max_seq_length > model.max_position_embeddings:
+        raise UserError(
+            f"the prepared data holds sequences of up to {manifest.settings.max_seq_length} tokens, but the "
+            f"model reads at most {model.max_position_embeddings} positions: prepare with "
+            f"data.prepare.max_seq_length <= {model.max_position_embeddings}"
+        )
     train_examples = manifest.counts["examples"]["train"]
     # Ray Train splits an epoch into equal shards, dropping up to (workers - 1) examples. With uneven shares
     # (an elastic run) a rank may need one of those in the last step: plan the epoch without them.
@@ -178,7 +196,7 @@ def plan_run(job: JobConfig, manifest: data.Manifest, batch) -> RunPlan:
         batch=batch,
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
-        vocab_size=manifest.vocab_size,
+        model=dataclasses.asdict(model),
         pad_token_id=manifest.special_token_ids["pad"],
         max_seq_length=manifest.settings.max_seq_length,
         has_eval=manifest.counts["examples"].get("eval", 0) > 0,
@@ -220,15 +238,27 @@ def build_trainer(job: JobConfig, plan: RunPlan, callbacks: Sequence[ray.train.U
     )
 
 
-def _run_tags(job: JobConfig, manifest: data.Manifest) -> dict[str, str]:
+def _run_tags(job: JobConfig, manifest: data.Manifest, donor: Donor | None) -> dict[str, str]:
     return {
         **ray_job_tags(),
-        "model_preset": job.model.preset,
+        **(donor_tags(donor) if donor else {}),
+        "model_preset": f"from --init-from ({donor.describe()})" if donor else job.model.preset,
         "num_workers": job.scaling.describe_workers(),
         "cluster_resources": json.dumps(ray.cluster_resources()),
         "tokenizer_hash": manifest.tokenizer_hash,
         "data_manifest_hash": _manifest_hash(job.data.prepared_dir),
     }
+
+
+def _say_missing_heads(donor: Donor, use_nsp: bool) -> None:
+    """Once per run: the heads the donor lacks start from BERT's initialisation (and learn from there)."""
+    missing = [head for head in donor.missing_heads if head == "MLM" or use_nsp]
+    if missing:
+        print(
+            f"--init-from {redact(donor.source)} has no {' or '.join(missing)} head: "
+            "it starts from BERT's initialisation",
+            flush=True,
+        )
 
 
 def _manifest_hash(prepared_dir: str) -> str:

@@ -68,7 +68,8 @@ class RunPlan:
     batch: BatchPlan
     total_steps: int
     steps_per_epoch: int
-    vocab_size: int
+    model: dict[str, Any]
+    """The BertConfig fields: a preset's sizes or those of checkpoint.init_from, the data's vocabulary."""
     pad_token_id: int
     max_seq_length: int
     has_eval: bool
@@ -105,6 +106,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     # Ray Train may start an elastic run with fewer workers than planned: split for the actual count.
     batch = plan_batches(job.train.global_batch_size, job.train.micro_batch_size, world_size, uneven=True)
     step_batches = iterate_step_batches(plan, batch, state, rank, collate_fn, device)
+    if job.checkpoint.init_from and state.step == 0 and plan.has_eval and job.train.eval_every:
+        report_initial_evaluation(plan, model, collate_fn, device, rank)
     window = MetricsWindow(device, model.config)
     while state.step < plan.total_steps:
         micro_batches = next(step_batches)
@@ -117,17 +120,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def build_model_and_optimizer(
     job: JobConfig, plan: RunPlan, device: torch.device
 ) -> tuple[BertForPreTraining, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    config = BertConfig.from_preset(
-        job.model.preset,
-        vocab_size=plan.vocab_size,
-        pad_token_id=plan.pad_token_id,
-        use_nsp=job.model.use_nsp,
-        activation_checkpointing=job.model.activation_checkpointing,
-        hidden_dropout_prob=job.model.dropout,
-        attention_probs_dropout_prob=job.model.dropout,
-        unpadded_attention=job.model.unpadded_attention,
-    )
-    model = BertForPreTraining(config).to(device)
+    model = BertForPreTraining(BertConfig(**plan.model)).to(device)
     optimizer = build_optimizer(model, job.optim)
     return model, optimizer, build_scheduler(optimizer, job.optim, plan.total_steps)
 
@@ -361,6 +354,17 @@ def report_if_due(
             save_checkpoint(Path(directory), model, optimizer, scheduler, state, rng_states, job.to_dict())
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:09d}")
+
+
+def report_initial_evaluation(
+    plan: RunPlan, model: BertForPreTraining, collate_fn, device: torch.device, rank: int
+) -> None:
+    """The starting model (`checkpoint.init_from`) scored on the held-out split at step 0, before any update:
+    the charts then show where it stood on the user's data."""
+    metrics = {"step": 0, **evaluate(model, plan, collate_fn, device)}
+    if rank == 0:
+        _console(progress_line(metrics, plan.total_steps) + "  (--init-from, before training)")
+    ray.train.report(metrics)
 
 
 def progress_line(metrics: dict[str, Any], total_steps: int) -> str:

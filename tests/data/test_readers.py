@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from data import DataError, readers
-from data.readers import iter_range_documents, read_documents, resolve_corpus
+from data.readers import iter_range_documents, plan_units, read_documents, read_unit, resolve_corpus
 from data.sentences import document_sentences, split_sentences
+
+from .conftest import small_units
 
 TEXTS = ["First document. It has two sentences.", "Second one!\nWith a second paragraph.", "Third."]
 
@@ -110,3 +113,44 @@ def test_sentence_splitter_keeps_abbreviations_and_initials():
     ]
     assert document_sentences("One. Two.\nThree", one_sentence_per_line=True) == ["One. Two.", "Three"]
     assert document_sentences("One. Two.\nThree", one_sentence_per_line=False) == ["One.", "Two.", "Three"]
+
+
+def test_units_pack_small_files_and_cut_large_ones_into_parts_that_tile_them(tmp_path):
+    small = [tmp_path / f"a{i}.txt" for i in range(6)]
+    for i, path in enumerate(small):
+        path.write_text(f"Small file {i}.\n\nIt has two paragraphs.\n" * 50)
+    lines = "".join(
+        f"Line {i} of a long file, wrapped at eighty columns as people write.\n" for i in range(800)
+    )
+    (tmp_path / "b.txt").write_text(lines)
+    (tmp_path / "c.txt").write_text(" ".join(f"word{i}" for i in range(20000)))  # one line, no newline
+    with small_units(16 << 10):
+        units = plan_units(resolve_corpus([str(tmp_path)]))
+    assert [part.path for part in units[0].parts] == [str(p) for p in small]  # 6 files of 2 KiB
+    by_file: dict[str, list[str]] = {}
+    for unit in units:
+        text = read_unit(unit, "text", "file")
+        for part, document in zip(unit.parts, text.texts, strict=True):
+            by_file.setdefault(part.path, []).append(document)
+        assert len(unit.parts) == len(text.texts)
+    assert len(by_file[str(tmp_path / "b.txt")]) == 4 and len(by_file[str(tmp_path / "c.txt")]) >= 8
+    for path, documents in by_file.items():
+        assert "".join(documents) == Path(path).read_text()  # the parts tile the file, cut at whitespace
+    assert all(d[-1] in " \n" for d in by_file[str(tmp_path / "c.txt")][:-1])
+
+
+def test_a_binary_file_is_skipped_and_named_by_the_reader(tmp_path):
+    (tmp_path / "a.txt").write_text("Some text.\n")
+    (tmp_path / "b.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 8)
+    (unit,) = plan_units(resolve_corpus([str(tmp_path)]))
+    text = read_unit(unit, "text", "file")
+    assert text.texts == ["Some text.\n"] and text.binary_files == [str(tmp_path / "b.gz")]
+
+
+def test_wrapped_paragraphs_keep_their_sentences_whole():
+    text = "The first sentence is wrapped\nover two lines. A second one.\n\n  \nA new paragraph\nhere."
+    assert document_sentences(text, one_sentence_per_line=False) == [
+        "The first sentence is wrapped over two lines.",
+        "A second one.",
+        "A new paragraph here.",
+    ]

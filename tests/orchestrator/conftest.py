@@ -46,14 +46,14 @@ def write_corpus(path: Path, documents: int, seed: int = 0) -> Path:
 def prepared_corpus(tmp_path_factory, ray_session) -> dict:
     """A tokenizer and prepared examples (max length 32, an eval split) built the way `train` builds them.
 
-    64 documents give 164 training examples: even, as the exact-batch test needs."""
+    64 documents (blank-line separated) give 172 training examples: even, as the exact-batch test needs."""
     root = tmp_path_factory.mktemp("corpus")
     data = {
         "corpus": [str(write_corpus(root / "corpus.txt", documents=64))],
         "tokenizer_dir": str(root / "tokenizer"),
         "prepared_dir": str(root / "prepared"),
         "tokenizer": {"vocab_size": 200, "min_frequency": 1},
-        "prepare": {"max_seq_length": 32, "eval_fraction": 0.1},
+        "prepare": {"max_seq_length": 32, "eval_fraction": 0.1, "documents": "blank-line"},
     }
     manifest = ensure_prepared_data(make_job(root, data))
     return {"data": data, "train_examples": manifest.counts["examples"]["train"]}

@@ -1,0 +1,182 @@
+"""Continued pretraining: what `--init-from` brings, read on the driver before Ray Train starts.
+
+A donor is an HF BERT folder (config.json + weights, with or without heads, its tokenizer beside it or not)
+or one of our training checkpoints (model_config.json + model.safetensors), local or in a bucket. It decides
+the run's model: its sizes (layers, hidden, heads, intermediate, positions, type vocabulary, vocabulary rows,
+LayerNorm eps) replace the preset, and a preset that says otherwise is refused. Its tokenizer is the run's
+tokenizer, because the embedding rows are indexed by its ids: another one is refused. Only the header of the
+weights is read here; the workers load the weights themselves (`init_weights_from`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+
+from data import DataError, load_tokenizer, storage
+from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
+from model import ARCHITECTURE_FIELDS, PRESETS, BertConfig
+from model.hf import CONFIG_FILE, SAFETENSORS_FILE, pretraining_heads, tensor_names
+from orchestrator.config import AUTO_PRESET, JobConfig
+from orchestrator.errors import UserError
+from orchestrator.train.checkpoints import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, check_init_from
+
+DONOR_FIELDS = (*ARCHITECTURE_FIELDS, "initializer_range")
+"""What the run's model takes from the donor (the vocabulary comes from its tokenizer)."""
+
+
+@dataclass(frozen=True)
+class Donor:
+    source: str
+    """The folder or bucket URI given to --init-from."""
+    config: BertConfig
+    """Its sizes as stored; vocab_size is its number of embedding rows (NVIDIA pads 30,522 to 30,528)."""
+    tokenizer_dir: str | None
+    """Where its own tokenizer is: the folder itself, or the run's tokenizer of a training checkpoint."""
+    has_mlm_head: bool
+    has_nsp_head: bool
+    config_hash: str
+    """sha256 of its config file (16 hex digits): which donor a run started from."""
+
+    @property
+    def missing_heads(self) -> list[str]:
+        return [
+            name for name, present in (("MLM", self.has_mlm_head), ("NSP", self.has_nsp_head)) if not present
+        ]
+
+    def describe(self) -> str:
+        c = self.config
+        return f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads"
+
+
+def read_donor(source: str) -> Donor:
+    """The sizes, tokenizer and heads of the checkpoint or HF folder at `source` (a clear error otherwise)."""
+    check_init_from(source)
+    checkpoint_config = storage.join(source, MODEL_CONFIG_FILE)
+    try:
+        if storage.is_file(checkpoint_config):
+            text = storage.read_text(checkpoint_config)
+            config = BertConfig(**json.loads(text))
+            return Donor(source, config, _run_tokenizer(source), True, config.use_nsp, _hash(text))
+        text = storage.read_text(storage.join(source, CONFIG_FILE))
+        hf_config = json.loads(text)
+        config = BertConfig.from_hf_dict(hf_config)
+        has_mlm, has_nsp = pretraining_heads(_tensor_names(source), hf_config)
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"--init-from {source}: not a usable BERT checkpoint: {error}") from None
+    own_tokenizer = any(storage.is_file(storage.join(source, name)) for name in (TOKENIZER_FILE, VOCAB_FILE))
+    return Donor(source, config, source if own_tokenizer else None, has_mlm, has_nsp, _hash(text))
+
+
+def adopt_donor(job: JobConfig, donor: Donor) -> JobConfig:
+    """The job with the donor's tokenizer; refuses a preset or a tokenizer that contradicts the donor."""
+    if job.model.preset != AUTO_PRESET:
+        preset = PRESETS[job.model.preset]
+        theirs = {name: getattr(donor.config, name) for name in preset}
+        if preset != theirs:
+            raise UserError(
+                f"model.preset={job.model.preset} ({_shape(preset)}) contradicts --init-from {donor.source} "
+                f"({_shape(theirs)}): the checkpoint decides the model; drop the preset "
+                f"(--set model.preset={AUTO_PRESET}, as configs/continue.yaml does) or start from another "
+                "checkpoint"
+            )
+    tokenizer_dir = job.data.tokenizer_dir
+    if donor.tokenizer_dir is None:
+        return job
+    if tokenizer_dir and _holds_tokenizer(tokenizer_dir):
+        if not _same_tokenizer(tokenizer_dir, donor.tokenizer_dir):
+            raise UserError(
+                f"data.tokenizer_dir {tokenizer_dir} is not the tokenizer of --init-from {donor.source} "
+                f"(its vocabulary or casing differ), and the checkpoint's embeddings are indexed by its own "
+                f"tokenizer's ids: drop data.tokenizer_dir (--set data.tokenizer_dir=) to use "
+                f"{donor.tokenizer_dir}, --init-from a model trained with {tokenizer_dir}, or train from "
+                "scratch without --init-from"
+            )
+        return job
+    print(f"Using the tokenizer of --init-from: {donor.tokenizer_dir}", flush=True)
+    return dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer_dir=donor.tokenizer_dir))
+
+
+def model_config(job: JobConfig, vocab_size: int, pad_token_id: int, donor: Donor | None) -> BertConfig:
+    """The run's model: the donor's sizes or the preset's, with the prepared data's vocabulary."""
+    settings = {
+        "vocab_size": vocab_size,
+        "pad_token_id": pad_token_id,
+        "use_nsp": job.model.use_nsp,
+        "activation_checkpointing": job.model.activation_checkpointing,
+        "hidden_dropout_prob": job.model.dropout,
+        "attention_probs_dropout_prob": job.model.dropout,
+        "unpadded_attention": job.model.unpadded_attention,
+    }
+    if donor is None:
+        preset = "tiny" if job.model.preset == AUTO_PRESET else job.model.preset
+        return BertConfig.from_preset(preset, **settings)
+    if vocab_size > donor.config.vocab_size:
+        raise UserError(
+            f"the tokenizer has {vocab_size:,} tokens but --init-from {donor.source} has embeddings for "
+            f"{donor.config.vocab_size:,}: use the checkpoint's own tokenizer"
+        )
+    return BertConfig(**{name: getattr(donor.config, name) for name in DONOR_FIELDS}, **settings)
+
+
+def donor_tags(donor: Donor) -> dict[str, str]:
+    """MLflow tags naming the donor (the path is redacted when logged)."""
+    return {
+        "init_from": donor.source,
+        "init_from_config_hash": donor.config_hash,
+        "init_from_missing_heads": ", ".join(donor.missing_heads) or "none",
+    }
+
+
+def _tensor_names(source: str) -> list[str]:
+    """Tensor names from the safetensors header alone (no download of the weights from a bucket)."""
+    path = storage.join(source, SAFETENSORS_FILE)
+    if not storage.is_file(path):  # pytorch_model.bin: it has no header to read apart
+        with storage.local_input(source) as local:
+            from pathlib import Path
+
+            return tensor_names(Path(local))
+    filesystem, inner = storage.resolve(path)
+    with filesystem.open_input_file(inner) as stream:
+        (length,) = struct.unpack("<Q", stream.read(8))
+        header = json.loads(stream.read(length))
+    return [name for name in header if name != "__metadata__"]
+
+
+def _run_tokenizer(checkpoint: str) -> str | None:
+    """The tokenizer of the run that wrote a training checkpoint, when it is still there."""
+    state_file = storage.join(checkpoint, TRAIN_STATE_FILE)
+    if not storage.is_file(state_file):
+        return None
+    run_config = json.loads(storage.read_text(state_file)).get("config", {})
+    tokenizer_dir = run_config.get("data", {}).get("tokenizer_dir")
+    return tokenizer_dir if tokenizer_dir and _holds_tokenizer(tokenizer_dir) else None
+
+
+def _holds_tokenizer(directory: str) -> bool:
+    return any(storage.is_file(storage.join(directory, name)) for name in (TOKENIZER_FILE, VOCAB_FILE))
+
+
+def _same_tokenizer(first: str, second: str) -> bool:
+    """Same tokens at the same ids, and the same normalisation (casing, accents)."""
+    try:
+        a, b = load_tokenizer(first), load_tokenizer(second)
+    except DataError as error:
+        raise UserError(str(error)) from None
+    probe = "Ünïcödé Casing, MIXED café"
+
+    def normalised(tokenizer) -> str:
+        return tokenizer.normalizer.normalize_str(probe) if tokenizer.normalizer else probe
+
+    return a.get_vocab() == b.get_vocab() and normalised(a) == normalised(b)
+
+
+def _shape(sizes: dict[str, int]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in sizes.items())
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,204 @@
+"""Continued pretraining from an HF BERT of a shape no preset has: the checkpoint decides the model and the
+tokenizer, heads load when present, a padded vocabulary loads, and a run through Ray Train exports a model
+that transformers loads with the donor's sizes (unchanged at lr 0; better on the held-out split at a normal
+lr). Donors are made by transformers itself, with a WordPiece tokenizer saved beside them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from mlflow import MlflowClient
+
+from model import BertForPreTraining
+from orchestrator.config import config_from_dict
+from orchestrator.errors import UserError
+from orchestrator.run_dir import read_run_json
+from orchestrator.train.checkpoints import init_weights_from
+from orchestrator.train.driver import resolve_job, train
+from orchestrator.train.init_from import adopt_donor, model_config, read_donor
+from tests.orchestrator.conftest import OBJECTS, PLACES, SUBJECTS, VERBS, write_corpus
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = sorted({w for phrase in SUBJECTS + VERBS + OBJECTS + PLACES for w in phrase.split()} | {"."})
+VOCAB = SPECIALS + WORDS
+DONOR_SHAPE = {"num_hidden_layers": 3, "hidden_size": 96, "num_attention_heads": 4, "intermediate_size": 160}
+HF_CLASSES = {
+    "BertModel": transformers.BertModel,
+    "BertForMaskedLM": transformers.BertForMaskedLM,
+    "BertForPreTraining": transformers.BertForPreTraining,
+}
+
+
+def save_donor(
+    directory: Path, kind: str = "BertForPreTraining", padded_rows: int = 0, seed: int = 0
+) -> Path:
+    """A random transformers BERT of DONOR_SHAPE and its tokenizer (vocab.txt -> BertTokenizerFast files)."""
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=len(VOCAB) + padded_rows, max_position_embeddings=64, **DONOR_SHAPE
+    )
+    HF_CLASSES[kind](config).save_pretrained(directory)
+    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    transformers.BertTokenizerFast.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
+def continue_job(root: Path, donor: Path, **sections: dict):
+    """A continued-pretraining job as configs/continue.yaml sets it up (MLM only, the donor's tokenizer)."""
+    raw = {
+        "model": {"preset": "auto", "use_nsp": False, "dropout": 0.0},
+        "data": {
+            "corpus": [str(write_corpus(root / "corpus.txt", documents=48, seed=5))],
+            "tokenizer_dir": "",
+            "prepared_dir": str(root / "prepared"),
+            "prepare": {
+                "objective": "mlm",
+                "documents": "blank-line",
+                "max_seq_length": 32,
+                "eval_fraction": 0.15,
+            },
+        },
+        "train": {"global_batch_size": 8, "micro_batch_size": 8, "max_steps": 2, "log_every": 1},
+        "optim": {"lr": 0.0},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "data_cpus": 1},
+        "checkpoint": {"storage_path": str(root / "runs"), "run_name": "continue", "init_from": str(donor)},
+        "mlflow": {"enabled": False},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw[section], **values}
+    return resolve_job(config_from_dict(raw))
+
+
+@pytest.mark.parametrize("kind", list(HF_CLASSES))
+def test_the_donor_decides_the_model_and_its_heads_load_when_present(tmp_path, kind):
+    donor_dir = save_donor(tmp_path / kind, kind)
+    donor = read_donor(str(donor_dir))
+    assert {name: getattr(donor.config, name) for name in DONOR_SHAPE} == DONOR_SHAPE
+    assert donor.tokenizer_dir == str(donor_dir)
+    assert (donor.has_mlm_head, donor.has_nsp_head) == (kind != "BertModel", kind == "BertForPreTraining")
+
+    job = adopt_donor(continue_job(tmp_path, donor_dir), donor)
+    config = model_config(job, len(VOCAB), 0, donor)
+    assert (config.num_hidden_layers, config.hidden_size, config.max_position_embeddings) == (3, 96, 64)
+    torch.manual_seed(1)
+    model = BertForPreTraining(config).eval()
+    fresh = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    init_weights_from(model, donor_dir)
+
+    hf = HF_CLASSES[kind].from_pretrained(donor_dir).eval()
+    encoder = hf if kind == "BertModel" else hf.bert
+    input_ids = torch.randint(5, len(VOCAB), (2, 12))
+    with torch.no_grad():
+        ours, _ = model.bert(input_ids)
+        theirs = encoder(input_ids=input_ids).last_hidden_state
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    state = model.state_dict()
+    if kind == "BertModel":  # no MLM head: BERT's initialisation, normal(0, 0.02)
+        assert 0.015 < state["mlm_transform.weight"].std() < 0.025
+    else:
+        expected = hf.cls.predictions.transform.dense.weight
+        torch.testing.assert_close(state["mlm_transform.weight"], expected)
+    nsp_loaded = not torch.equal(state["nsp_head.weight"], fresh["nsp_head.weight"])
+    assert nsp_loaded == (kind == "BertForPreTraining")
+
+
+def test_a_padded_vocabulary_loads_and_the_export_has_the_tokenizer_size(tmp_path):
+    donor_dir = save_donor(tmp_path / "padded", padded_rows=6)  # as NVIDIA pads 30,522 rows to 30,528
+    donor = read_donor(str(donor_dir))
+    assert donor.config.vocab_size == len(VOCAB) + 6
+    model = BertForPreTraining(model_config(continue_job(tmp_path, donor_dir), len(VOCAB), 0, donor))
+    init_weights_from(model, donor_dir)
+    hf = transformers.BertForPreTraining.from_pretrained(donor_dir)
+    torch.testing.assert_close(
+        model.bert.embeddings.word.weight[: len(VOCAB)],
+        hf.bert.embeddings.word_embeddings.weight[: len(VOCAB)],
+    )
+    model.save_hf(tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["vocab_size"] == len(VOCAB)
+    exported = transformers.BertForPreTraining.from_pretrained(tmp_path / "export")
+    assert exported.config.vocab_size == len(VOCAB)
+
+    with pytest.raises(UserError, match=f"the tokenizer has {len(VOCAB) + 7} tokens but --init-from"):
+        model_config(continue_job(tmp_path, donor_dir), len(VOCAB) + 7, 0, donor)
+
+
+def test_a_preset_or_tokenizer_that_contradicts_the_donor_is_refused_before_ray_starts(tmp_path):
+    donor_dir = save_donor(tmp_path / "donor")
+    job = continue_job(tmp_path, donor_dir, model={"preset": "tiny"})
+    with pytest.raises(UserError) as refused:
+        train(job)
+    message = str(refused.value)
+    assert "model.preset=tiny (num_hidden_layers 2, hidden_size 128" in message
+    assert "(num_hidden_layers 3, hidden_size 96, num_attention_heads 4, intermediate_size 160)" in message
+
+    other = tmp_path / "other-tokenizer"
+    other.mkdir()
+    (other / "vocab.txt").write_text("\n".join(SPECIALS + WORDS[::-1]) + "\n")  # same tokens, other ids
+    job = continue_job(tmp_path, donor_dir, data={"tokenizer_dir": str(other)})
+    with pytest.raises(UserError, match="is not the tokenizer of --init-from .* drop data.tokenizer_dir"):
+        train(job)
+    cased = save_donor(tmp_path / "cased")
+    config = json.loads((cased / "tokenizer_config.json").read_text()) | {"do_lower_case": False}
+    (cased / "tokenizer_config.json").write_text(json.dumps(config))
+    (cased / "tokenizer.json").unlink()  # vocab.txt + do_lower_case: a cased tokenizer of the same tokens
+    with pytest.raises(UserError, match="its vocabulary or casing differ"):
+        adopt_donor(
+            continue_job(tmp_path, donor_dir, data={"tokenizer_dir": str(cased)}), read_donor(str(donor_dir))
+        )
+
+    same = adopt_donor(
+        continue_job(tmp_path, donor_dir, data={"tokenizer_dir": str(donor_dir)}), read_donor(str(donor_dir))
+    )
+    assert same.data.tokenizer_dir == str(donor_dir)
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+@pytest.fixture(scope="module")
+def donor_dir(tmp_path_factory) -> Path:
+    return save_donor(tmp_path_factory.mktemp("donor") / "model", "BertForPreTraining", seed=3)
+
+
+def test_continued_at_lr_0_the_export_is_the_donor(tmp_path, donor_dir, ray_session):
+    job = continue_job(tmp_path, donor_dir)
+    result = train(job)
+    final = Path(result.final_dir)
+    exported = transformers.BertForPreTraining.from_pretrained(final).eval()
+    assert {name: getattr(exported.config, name) for name in DONOR_SHAPE} == DONOR_SHAPE
+    assert exported.config.vocab_size == len(VOCAB)
+    assert (final / "vocab.txt").read_text().split() == VOCAB
+    donor = transformers.BertForPreTraining.from_pretrained(donor_dir).eval()
+    input_ids = torch.randint(5, len(VOCAB), (3, 20))
+    with torch.no_grad():
+        ours = exported.bert(input_ids=input_ids).last_hidden_state
+        theirs = donor.bert(input_ids=input_ids).last_hidden_state
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert read_run_json(result.run_dir)["config"]["data"]["tokenizer_dir"] == str(donor_dir)
+
+
+def test_continued_pretraining_lowers_the_held_out_loss_and_mlflow_records_the_donor(
+    tmp_path, donor_dir, ray_session
+):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = continue_job(
+        tmp_path,
+        donor_dir,
+        train={"max_steps": 12, "eval_every": 12, "log_every": 4},
+        optim={"lr": 2e-3, "warmup_steps": 2},
+        mlflow={"enabled": True, "tracking_uri": tracking_uri},
+    )
+    job = dataclasses.replace(job, checkpoint=dataclasses.replace(job.checkpoint, every=12))
+    result = train(job)
+    client = MlflowClient(tracking_uri)
+    run_id = read_run_json(result.run_dir)["mlflow_run_id"]
+    run = client.get_run(run_id)
+    assert run.data.tags["init_from"] == str(donor_dir)
+    expected_hash = read_donor(str(donor_dir)).config_hash
+    assert run.data.tags["init_from_config_hash"] == expected_hash
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "eval/mlm_loss")}
+    assert sorted(history) == [0, 12]  # the donor's own score first, before any step
+    assert history[12] < history[0]
