@@ -11,7 +11,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.testing import assert_close
 from torch.utils.flop_counter import FlopCounterMode
 
-from model import IGNORE_INDEX, BertForPreTraining, TokenLayout, compile_model
+from model import IGNORE_INDEX, BertForPreTraining, TokenLayout, attention_path, compile_model
 from model.bert import nested_attention
 from model.hf import to_hf_state_dict
 from tests.model.helpers import hf_reference, random_batch, tiny_config
@@ -235,3 +235,15 @@ def test_training_flops_count_the_matmuls_of_an_unpadded_step():
         counted[unpad] = counter.get_total_flops()
     assert counted[True] == expected
     assert counted[False] > 1.9 * expected
+
+
+def test_the_run_says_which_attention_padded_batches_get():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only named: nothing runs on them here
+    config = tiny_config()
+    assert "one SDPA call per sequence, attention dropout 0.1" in attention_path(config, cpu)
+    assert "nested tensors through SDPA, attention dropout 0.1" in attention_path(config, cuda)
+    varlen = dataclasses.replace(config, unpadded_attention="varlen")
+    assert "without attention dropout (the configured 0.1 is not applied)" in attention_path(varlen, cuda)
+    assert "run padded" in attention_path(dataclasses.replace(config, unpad=False), cuda)
+    with pytest.raises(ValueError, match="unpadded_attention 'flash' is unknown; choose one of sdpa, varlen"):
+        tiny_config(unpadded_attention="flash")

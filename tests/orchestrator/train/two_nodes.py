@@ -34,7 +34,9 @@ def main(prepared_corpus_json: str, root: str) -> None:
             scaling={"cpus_per_worker": 2, "data_cpus": 1},
         )
         result = train(job, callbacks=[ReportRecorder(Path(root) / "reports.jsonl")])
-        workers = [a for a in list_actors(detail=True, limit=1000) if "TrainWorker" in a.class_name]
+        # This cluster's own address: other Ray instances on the machine would be "the latest" one.
+        actors = list_actors(address=cluster.address, detail=True, limit=1000)
+        workers = [a for a in actors if "TrainWorker" in a.class_name]
         print(
             json.dumps(
                 {
