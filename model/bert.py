@@ -247,7 +247,7 @@ class BertModel(nn.Module):
         """The last hidden states: (T, H) of the real tokens with their layout when the batch has padding
         (and `unpad` is on), else (B, S, H) and None."""
         layout = TokenLayout.of(attention_mask) if self.unpad else None
-        mask = None if layout is not None else _sdpa_mask(attention_mask)
+        mask = None if self.unpad else _sdpa_mask(attention_mask)  # unpadded, a batch without layout is full
         x = self.embeddings(input_ids, token_type_ids, layout)
         if layout is not None:
             torch._dynamo.maybe_mark_dynamic(x, 0)  # compiled layers: one graph for any token count
