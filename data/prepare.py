@@ -206,10 +206,9 @@ def _publish_to_bucket(staging: str, out_dir: str) -> None:
 
 
 def _ensure_ray() -> None:
-    import ray
+    from data.local_ray import init_ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+    init_ray(include_dashboard=False)
 
 
 # --- stage 1: documents -> tokenized sentences -------------------------------------------------------------

@@ -186,8 +186,9 @@ def cluster_cpus() -> int:
     """The CPUs of the Ray cluster (at least 1): how many tasks a stage can run at once."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init()  # what Ray Data's first operation would do
+    from data.local_ray import init_ray
+
+    init_ray()  # what Ray Data's first operation would do, on 127.0.0.1
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
