@@ -56,9 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
+    from data.redact import redact
     from orchestrator.config import apply_scaling_flags, load_config
     from orchestrator.jobs import MlflowRunFinder, check_submittable, connect, follow_logs, submit_run
-    from orchestrator.tracking.params import redact
 
     config = apply_scaling_flags(load_config(args.config, args.overrides), args.num_workers, args.use_gpu)
     for setting in check_submittable(config):
@@ -70,7 +70,7 @@ def run_submit(args: argparse.Namespace) -> int:
     client = connect(args.address)
     job_id = submit_run(client, config)
     print(f"Submitted job {job_id}: {config.scaling.describe_workers()} workers, {config.model.preset} model")
-    print(f"Ray dashboard: {client.get_address()}")
+    print(f"Ray dashboard: {redact(client.get_address())}")
     finder = MlflowRunFinder(config)
 
     def print_link_once_found() -> None:
