@@ -39,11 +39,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data import ExactBatches, PadAndCollate, make_collate_fn
+from data import ExactBatches, PadAndCollate, make_collate_fn, storage
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining, compile_model
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.train.checkpoints import (
     TrainState,
+    checkpoint_dir_name,
     init_weights_from,
     load_checkpoint,
     rng_state,
@@ -71,6 +72,8 @@ class RunPlan:
     pad_token_id: int
     max_seq_length: int
     has_eval: bool
+    resume_from: str | None = None
+    """The checkpoint the run resumes from, chosen by the driver (None: step 0)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,7 +96,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     model, optimizer, scheduler = build_model_and_optimizer(job, plan, device)
     torch.manual_seed(job.train.seed * 1000 + rank + 1)  # each rank its own dropout; a checkpoint restores it
-    state = restore_state(job, model, optimizer, scheduler, rank, world_size)
+    state = restore_state(job, plan, model, optimizer, scheduler, rank, world_size)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     if job.model.compile:
         compile_model(model)
@@ -130,17 +133,21 @@ def build_model_and_optimizer(
 
 def restore_state(
     job: JobConfig,
+    plan: RunPlan,
     model: BertForPreTraining,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
     world_size: int,
 ) -> TrainState:
-    """Resume from the run's latest checkpoint (after a failure or a restart of the same run); else start
-    from `checkpoint.init_from`'s weights, or from scratch."""
+    """Resume from the latest checkpoint of this fit (after a worker failure), else from the one the driver
+    chose (a restart of the same run); else start from `checkpoint.init_from`'s weights, or from scratch."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
+            return load_checkpoint(Path(directory), model, optimizer, scheduler, rank)
+    if plan.resume_from:
+        with storage.local_input(plan.resume_from) as directory:
             return load_checkpoint(Path(directory), model, optimizer, scheduler, rank)
     if job.checkpoint.init_from:
         init_weights_from(model, job.checkpoint.init_from)
@@ -333,7 +340,7 @@ def report_if_due(
         if rank == 0:
             save_checkpoint(Path(directory), model, optimizer, scheduler, state, rng_states, job.to_dict())
             checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:09d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
 
 
 def progress_line(metrics: dict[str, Any], total_steps: int) -> str:
