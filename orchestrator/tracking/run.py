@@ -163,9 +163,7 @@ class RunTracker:
                 client.update_run(run.info.run_id, status="RUNNING")
             unsent, files = load_unsent(run_dir)
             if sent := send_unsent(client, run.info.run_id, unsent):
-                print(
-                    f"MLflow: sent {sent:,} metrics that an earlier start of this run could not", flush=True
-                )
+                print(f"MLflow: sent {sent:,} metrics kept from an earlier start of this run", flush=True)
             forget_unsent(files)
             run = client.get_run(run.info.run_id)  # with what was just sent, for the steps already logged
         except UserError:
@@ -442,8 +440,9 @@ def _print_unsent(run_dir: str, tracking_uri: str) -> None:
         parts.append("the final model")
     if unsent.end_status:
         parts.append("the end status")
+    what = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
     print(
-        f"MLflow: {', '.join(parts)} could not be sent to {redact_text(tracking_uri)}; they are kept in "
+        f"MLflow: {what} could not be sent to {redact_text(tracking_uri)}; they are kept in "
         f"{unsent_dir(run_dir)} and sent when this run is next started, or now with: "
         f"bert-pretrain tracking sync {run_dir}",
         flush=True,
