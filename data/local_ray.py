@@ -1,4 +1,4 @@
-"""Starting Ray: join the cluster named by RAY_ADDRESS, or start a local Ray that listens on 127.0.0.1 only.
+"""Starting Ray: join a running cluster, or start a local Ray that listens on 127.0.0.1 only.
 
 Every command that needs Ray (`prepare`, `train`, `embed`, `eval`) and the tests start it here. Ray binds its
 servers (GCS, raylet, the workers' gRPC, the object manager, the agents) to the node's IP address, which on
@@ -8,29 +8,26 @@ Ray takes 127.0.0.1 as the node's address instead; a local start here makes that
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 
 def init_ray(**kwargs: Any) -> None:
-    """Connect this process to Ray once: RAY_ADDRESS's cluster, else a new local Ray on 127.0.0.1.
-
-    `kwargs` go to `ray.init` (e.g. num_cpus, include_dashboard). A local start never attaches to a Ray that
-    another process left running on this machine."""
+    """Connect this process to Ray once, as `ray.init(**kwargs)` does: to the cluster that RAY_ADDRESS (or
+    `address`) names, or that `ray start` runs on this machine; else to a new local Ray on 127.0.0.1.
+    `address="local"` always starts a new one."""
     import ray
+    from ray._private import ray_constants, services
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    if services.canonicalize_bootstrap_address(kwargs.get("address")) is not None:
         ray.init(**kwargs)
         return
-    from ray._private import ray_constants
-
     # Ray's own switch for single-machine use (its default on macOS and Windows): the node's address is
     # 127.0.0.1, and every Ray process of the node listens there. Read while Ray starts; restored after.
     saved = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", **kwargs)
+        ray.init(**{**kwargs, "address": "local"})
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved

@@ -165,9 +165,11 @@ class MlflowConfig:
     registered_model_name: str = ""
     """Register the final model in the MLflow Model Registry under this name; "" -> not registered."""
     max_buffered_metrics: int = 100_000
-    """Metrics kept while the tracking server does not answer; beyond this the oldest are dropped."""
+    """Metrics kept in memory while the tracking server does not answer; beyond this they are written to the
+    run directory (mlflow_unsent/), to be sent when the run next starts or by `tracking sync`."""
     flush_timeout_s: float = 60.0
-    """How long the end of training waits for buffered metrics to reach the tracking server."""
+    """How long the end of training waits for buffered metrics to reach the tracking server (and the most
+    any one call to it may take, up to 10 s)."""
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """What `train` refuses before Ray Train starts: prepared data it did not make (left byte for byte as it was),
-and settings every worker would fail on."""
+and settings every worker would fail on; and a worker error that no restart can cure, which ends the run at
+the first failure instead of after `checkpoint.max_failures` restarts."""
 
 from __future__ import annotations
 
@@ -11,10 +12,20 @@ import pytest
 
 import data
 from data import PrepareConfig, TokenizerConfig
+from model import BertConfig, BertForPreTraining
 from orchestrator.errors import UserError
+from orchestrator.train.checkpoints import (
+    OPTIMIZER_FILE,
+    TrainState,
+    checkpoint_dir_name,
+    rng_state,
+    save_checkpoint,
+)
 from orchestrator.train.driver import train
+from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.preflight import PREPARED_MARKER_FILE, ensure_prepared_data
 from tests.orchestrator.conftest import make_job, write_corpus
+from tests.orchestrator.reports import FailureRecorder
 
 REFUSED_WITHIN_S = 60  # a "no Ray Train, no retries" bound on a loaded 2-core machine
 
@@ -83,3 +94,20 @@ def test_a_sequence_longer_than_the_models_positions_is_refused_before_anything_
         train(job)
     assert time.monotonic() - started < REFUSED_WITHIN_S
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_damaged_inside_fails_the_run_once_naming_the_file(tmp_path, prepared_corpus):
+    """The sizes match, so only loading it finds the damage: in every worker, at every restart."""
+    job = make_job(tmp_path, prepared_corpus["data"], checkpoint={"max_failures": 3})
+    vocab_size = data.load_manifest(job.data.prepared_dir).vocab_size
+    model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=vocab_size))
+    optimizer = build_optimizer(model, job.optim)
+    directory = Path(job.checkpoint.storage_path, job.checkpoint.run_name, checkpoint_dir_name(2))
+    scheduler = build_scheduler(optimizer, job.optim, 4)
+    save_checkpoint(directory, model, optimizer, scheduler, TrainState(step=2), [rng_state()], job.to_dict())
+    optimizer_file = directory / OPTIMIZER_FILE
+    optimizer_file.write_bytes(b"\0" * optimizer_file.stat().st_size)
+
+    with pytest.raises(UserError, match="checkpoint checkpoint_000000002: optimizer.pt cannot be read"):
+        train(job, callbacks=[FailureRecorder(tmp_path / "failures.jsonl")])
+    assert len((tmp_path / "failures.jsonl").read_text().splitlines()) == 1  # no restart
