@@ -32,9 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sync",
         help="send a run's metrics that the tracking server did not get",
         description="Send what a run kept in RUN_DIR/mlflow_unsent/ while its tracking server did not answer "
-        "(metrics, tags, the final model, how the run ended) to its MLflow run, creating the run when no "
-        "start reached the server. Every metric arrives once, however often this is run. `train` does the "
-        "same when the run is next started.",
+        "(metrics, tags, the final model, how the run ended), and the metrics its newest checkpoint holds "
+        "(those of an interrupted run that Ray Train had not passed on), to its MLflow run, creating the run "
+        "when no start reached the server. Every metric arrives once, however often this is run. `train` "
+        "does the same when the run is next started.",
     )
     sync.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder: STORAGE_PATH/RUN_NAME")
     sync.add_argument(
@@ -56,8 +57,11 @@ def run_ui(args: argparse.Namespace) -> int:
 def run_sync(args: argparse.Namespace) -> int:
     """Send what the run directory keeps unsent."""
     from orchestrator.tracking.run import sync_run
+    from orchestrator.train.checkpoints import find_resume_checkpoint, read_train_state
 
-    sent, link = sync_run(args.run_dir, args.tracking_uri)
+    newest = find_resume_checkpoint(args.run_dir).path
+    reports = read_train_state(newest).get("reports", []) if newest else []
+    sent, link = sync_run(args.run_dir, args.tracking_uri, reports)
     if not link:
         print(f"Nothing to send: {args.run_dir} keeps no unsent MLflow records.")
         return 0

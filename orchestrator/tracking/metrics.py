@@ -154,6 +154,18 @@ class MetricsSender:
                 unreachable_since = None
 
 
+def report_metrics(reported: dict[str, Any], timestamp_ms: int) -> list[Metric]:
+    """The numbers of one of rank 0's reports as MLflow metrics at its "step" (none without a step)."""
+    step = reported.get("step")
+    if step is None:
+        return []
+    return [
+        Metric(key, float(value), timestamp_ms, int(step))
+        for key, value in reported.items()
+        if key != "step" and isinstance(value, Real) and not isinstance(value, bool)
+    ]
+
+
 def checkpoint_uri(checkpoint: Any) -> str:
     """A `ray.train.Checkpoint`'s location as a URI (a plain path on the local filesystem)."""
     scheme = checkpoint.filesystem.type_name
@@ -196,18 +208,9 @@ class MetricsCallback(ControllerCallback, ReportCallback):
         reported = metrics[0] if metrics else {}
         checkpoint = training_report.checkpoint
         tags = {CHECKPOINT_TAG: checkpoint_uri(checkpoint)} if checkpoint else {}
-        step = reported.get("step")
-        if step is None and not tags:
-            return
-        timestamp_ms = int(time.time() * 1000)
-        to_send = []
-        for key, value in reported.items():
-            if key == "step" or step is None or not isinstance(value, Real) or isinstance(value, bool):
-                continue
-            if step <= self.last_logged_steps.get(key, -1):
-                continue
-            self.last_logged_steps[key] = int(step)
-            to_send.append(Metric(key, float(value), timestamp_ms, int(step)))
+        metrics_now = report_metrics(reported, int(time.time() * 1000))
+        to_send = [m for m in metrics_now if m.step > self.last_logged_steps.get(m.key, -1)]
+        self.last_logged_steps |= {m.key: m.step for m in to_send}
         if to_send or tags:
             if self._sender is None:
                 bound_mlflow_calls(self.flush_timeout_s)

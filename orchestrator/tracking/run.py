@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +148,19 @@ class RunTracker:
             self._client = MlflowClient(tracking_uri)
 
     @classmethod
-    def open(cls, config: MlflowConfig, run_dir: str | Path, run_name: str) -> RunTracker:
+    def open(
+        cls, config: MlflowConfig, run_dir: str | Path, run_name: str, reports: Sequence[dict] = ()
+    ) -> RunTracker:
         """Create the MLflow run, or resume the one whose id is in `run_dir/run.json` (storing its id there),
-        and send what an earlier start of this run could not. A server that does not answer gives an offline
-        tracker (one warning); a store that refuses the run is a UserError."""
+        and send what an earlier start of this run could not: its unsent records, and the metrics of
+        `reports` (rank 0's reports kept in the checkpoint the run resumes from) that the run lacks. A server
+        that does not answer gives an offline tracker (one warning); a store that refuses the run is a
+        UserError."""
         run_dir = str(run_dir)
         if not config.enabled:
             return cls(config, run_dir)
         bound_mlflow_calls(config.flush_timeout_s)
+        _save_reports(run_dir, reports)
         tracking_uri = resolve_tracking_uri(config)
         try:
             client, run, resumed = _find_or_create_run(config, run_dir, run_name, tracking_uri)
@@ -353,17 +358,17 @@ class RunTracker:
         self._system_metrics.start()
 
 
-def sync_run(run_dir: str, tracking_uri: str = "") -> tuple[int, str]:
-    """Send what `run_dir` keeps unsent (metrics, tags, the final model, the end status) to its MLflow run,
-    creating the run when no start reached the server; return the number of metrics sent and the run's
-    link. The tracking store is the one in run.json's config unless `tracking_uri` is given."""
+def sync_run(run_dir: str, tracking_uri: str = "", reports: Sequence[dict] = ()) -> tuple[int, str]:
+    """Send what `run_dir` keeps unsent (metrics, tags, the final model, the end status), and the metrics of
+    `reports` (those of the run's newest checkpoint) that the MLflow run lacks, creating the run when no
+    start reached the server; return the number of metrics sent and the run's link ("" when there was
+    nothing to send). The tracking store is the one in run.json's config unless `tracking_uri` is given."""
     saved = read_run_json(run_dir)
     if "config" not in saved:
-        raise UserError(
-            f"{run_dir} is not a run directory (no run.json with a config): give <storage_path>/<run>"
-        )
+        raise UserError(f"{run_dir} is not a run directory (no run.json with a config): give STORAGE/RUN")
     job = config_from_dict(saved["config"])
     config = dataclasses.replace(job.mlflow, tracking_uri=tracking_uri or job.mlflow.tracking_uri)
+    _save_reports(run_dir, reports)
     unsent, files = load_unsent(run_dir)
     if not files:
         return 0, ""
@@ -394,6 +399,15 @@ def sync_run(run_dir: str, tracking_uri: str = "") -> tuple[int, str]:
         raise _store_error(error, resolved_uri) from None
     forget_unsent(files)
     return sent, tracker.link
+
+
+def _save_reports(run_dir: str, reports: Sequence[dict]) -> None:
+    """Record the metrics of rank 0's reports (kept in a checkpoint) as unsent: sent where the run lacks
+    them, as Ray Train may not have taken them in before an interrupt."""
+    from orchestrator.tracking.metrics import report_metrics
+
+    metrics = [m for report in reports for m in report_metrics(report["metrics"], report["timestamp_ms"])]
+    save_unsent(run_dir, Unsent(metrics))
 
 
 def _find_or_create_run(config: MlflowConfig, run_dir: str, run_name: str, tracking_uri: str):

@@ -6,8 +6,9 @@ A checkpoint folder `checkpoint_<step, 9 digits>` (reported to Ray Train, under 
   model_config.json   the BertConfig, to rebuild the model without the job config
   optimizer.pt, scheduler.pt, rng.pt   state dicts and every rank's RNG states (read with weights_only=True)
   train_state.json    step, consumed samples, data epoch and position, world size, the resolved job config
-                      (secrets redacted), and the size of every other file: written last, so a checkpoint
-                      is complete and intact when its files are there at those sizes
+                      (secrets redacted), rank 0's reports since the previous checkpoint, and the size of
+                      every other file: written last, so a checkpoint is complete and intact when its
+                      files are there at those sizes
 Only rank 0 writes it; the other ranks' RNG states reach it through a gather. A run resumes from its newest
 complete and intact checkpoint (`find_resume_checkpoint`), whatever was interrupted or damaged after it.
 """
@@ -19,7 +20,7 @@ import dataclasses
 import json
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,11 @@ def save_checkpoint(
     state: TrainState,
     rng_states: list[dict[str, torch.Tensor]],
     job_config: dict[str, Any],
+    reports: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Write everything an exact resume needs into `directory` (rank 0 only); train_state.json last, with
-    the sizes of the other files."""
+    the sizes of the other files and `reports` ({"timestamp_ms", "metrics"} of each report since the
+    previous checkpoint)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / MODEL_FILE))
     (directory / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model.config), indent=2))
@@ -98,7 +101,7 @@ def save_checkpoint(
     torch.save(rng_states, directory / RNG_FILE)
     saved = {k: v for k, v in dataclasses.asdict(state).items() if k != "resumed"}
     files = {name: (directory / name).stat().st_size for name in STATE_FILES}
-    contents = {**saved, "files": files, "config": redact(job_config)}
+    contents = {**saved, "files": files, "config": redact(job_config), "reports": list(reports)}
     (directory / TRAIN_STATE_FILE).write_text(json.dumps(contents, indent=2))
 
 
@@ -140,9 +143,9 @@ def _naming_damaged_file(directory: Path, name: str) -> Iterator[None]:
         ) from error
 
 
-def read_train_state(directory: Path) -> dict[str, Any]:
-    """The checkpoint's train_state.json (position and resolved config)."""
-    return json.loads((Path(directory) / TRAIN_STATE_FILE).read_text())
+def read_train_state(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's train_state.json (position, resolved config, reports); local or in a bucket."""
+    return json.loads(storage.read_text(storage.join(directory, TRAIN_STATE_FILE)))
 
 
 def checkpoint_problem(name: str, sizes: dict[str, int], train_state: str | None) -> str | None:

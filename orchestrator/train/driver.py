@@ -109,12 +109,13 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
     resume = find_resume_checkpoint(run_dir)
     check_resume_point(job, manifest, resume)
-    plan = plan_run(job, manifest, plan_batch, resume.path)
+    plan = plan_run(job, manifest, plan_batch)
     print_resume_point(resume, plan.total_steps)
     resolved = job.to_dict()
     update_run_json(run_dir, config=resolved, plan=plan.to_dict())
 
-    tracker = RunTracker.open(job.mlflow, run_dir, job.checkpoint.run_name)
+    reports = read_train_state(resume.path).get("reports", []) if resume.path else []
+    tracker = RunTracker.open(job.mlflow, run_dir, job.checkpoint.run_name, reports)
     if tracker.link:
         print(f"MLflow run: {tracker.link}", flush=True)
     try:
@@ -122,9 +123,7 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
         tracker.set_tags(_run_tags(job, manifest))
         trainer = build_trainer(job, plan, [tracker.callback(), StopOnUserError(), *callbacks])
         result = fit(trainer, run_dir)
-        # No new checkpoint when the run was already at its last step: the one it resumed from is the last.
-        last = _checkpoint_uri(result.checkpoint, job.checkpoint.storage_path) if result.checkpoint else None
-        last = last or resume.path
+        last = find_resume_checkpoint(run_dir).path
         final_dir = storage.join(run_dir, "final")
         with (
             storage.local_input(last) as checkpoint_dir,
@@ -150,9 +149,10 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
 
 
 def fit(trainer: TorchTrainer, run_dir: str) -> ray.train.Result:
-    """`trainer.fit()` without Ray Train's own list of the run's checkpoints, which the driver's choice
-    replaces: that list may lack the newest checkpoint (an interrupt before Ray wrote it) or name a damaged
-    one. Ray's Ctrl-C handler (a graceful abort of the fit) is removed again afterwards."""
+    """`trainer.fit()` without Ray Train's own list of the run's checkpoints, which the run directory
+    replaces (see `loop.restore_state`): Ray would load it, and it may lack the newest checkpoint (an
+    interrupt before Ray wrote it) or name a damaged one. Ray's Ctrl-C handler (a graceful abort of the fit)
+    is removed again afterwards."""
     list_file = storage.join(run_dir, RAY_CHECKPOINT_LIST_FILE)
     if storage.is_file(list_file):
         storage.remove_file(list_file)
@@ -212,7 +212,6 @@ def plan_run(job: JobConfig, manifest: data.Manifest, batch, resume_from: str | 
         pad_token_id=manifest.special_token_ids["pad"],
         max_seq_length=manifest.settings.max_seq_length,
         has_eval=manifest.counts["examples"].get("eval", 0) > 0,
-        resume_from=resume_from,
     )
 
 
@@ -267,10 +266,3 @@ def _manifest_hash(prepared_dir: str) -> str:
 
     manifest = storage.read_text(storage.join(prepared_dir, MANIFEST_FILE))
     return hashlib.sha256(manifest.encode()).hexdigest()[:16]
-
-
-def _checkpoint_uri(checkpoint: ray.train.Checkpoint, storage_path: str) -> str:
-    """Ray gives a bucket checkpoint's path without its scheme; put it back."""
-    if storage.is_uri(storage_path):
-        return f"{storage_path.split('://', 1)[0]}://{checkpoint.path}"
-    return checkpoint.path

@@ -45,6 +45,7 @@ from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.train.checkpoints import (
     TrainState,
     checkpoint_dir_name,
+    find_resume_checkpoint,
     init_weights_from,
     load_checkpoint,
     rng_state,
@@ -72,8 +73,6 @@ class RunPlan:
     pad_token_id: int
     max_seq_length: int
     has_eval: bool
-    resume_from: str | None = None
-    """The checkpoint the run resumes from, chosen by the driver (None: step 0)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,7 +95,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     model, optimizer, scheduler = build_model_and_optimizer(job, plan, device)
     torch.manual_seed(job.train.seed * 1000 + rank + 1)  # each rank its own dropout; a checkpoint restores it
-    state = restore_state(job, plan, model, optimizer, scheduler, rank, world_size)
+    state = restore_state(job, model, optimizer, scheduler, rank, world_size)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     if job.model.compile:
         compile_model(model)
@@ -106,12 +105,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     batch = plan_batches(job.train.global_batch_size, job.train.micro_batch_size, world_size, uneven=True)
     step_batches = iterate_step_batches(plan, batch, state, rank, collate_fn, device)
     window = MetricsWindow(device)
+    reports: list[dict[str, Any]] = []  # rank 0's reports since the last checkpoint, saved with the next one
     while state.step < plan.total_steps:
         micro_batches = next(step_batches)
         inject_failure_if_due(job, state, rank, world_size)
         window.add(train_step(ddp_model, model, optimizer, scheduler, micro_batches, job, world_size))
         state = advance(state, plan, world_size)
-        report_if_due(job, plan, state, window, model, optimizer, scheduler, collate_fn, device, rank)
+        report_if_due(
+            job, plan, state, window, model, optimizer, scheduler, collate_fn, device, rank, reports
+        )
 
 
 def build_model_and_optimizer(
@@ -133,21 +135,21 @@ def build_model_and_optimizer(
 
 def restore_state(
     job: JobConfig,
-    plan: RunPlan,
     model: BertForPreTraining,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
     world_size: int,
 ) -> TrainState:
-    """Resume from the latest checkpoint of this fit (after a worker failure), else from the one the driver
-    chose (a restart of the same run); else start from `checkpoint.init_from`'s weights, or from scratch."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            return load_checkpoint(Path(directory), model, optimizer, scheduler, rank)
-    if plan.resume_from:
-        with storage.local_input(plan.resume_from) as directory:
+    """Resume from the run's newest complete and intact checkpoint (after a worker failure, or when the same
+    run is started again); else start from `checkpoint.init_from`'s weights, or from scratch.
+
+    The run directory is the record, not Ray Train's list of reported checkpoints (`get_checkpoint`): a
+    failure or an interrupt can come before Ray has taken in a checkpoint that rank 0 has written in full."""
+    run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
+    resume = find_resume_checkpoint(run_dir)
+    if resume.path is not None:
+        with storage.local_input(resume.path) as directory:
             return load_checkpoint(Path(directory), model, optimizer, scheduler, rank)
     if job.checkpoint.init_from:
         init_weights_from(model, job.checkpoint.init_from)
@@ -309,8 +311,12 @@ def report_if_due(
     collate_fn,
     device: torch.device,
     rank: int,
+    reports: list[dict[str, Any]],
 ) -> None:
-    """On a logging, evaluation or checkpoint step (the same steps on every rank), one `ray.train.report`."""
+    """On a logging, evaluation or checkpoint step (the same steps on every rank), one `ray.train.report`.
+
+    Rank 0's checkpoints carry its reports since the previous one: reports that Ray Train had not taken in
+    when the run was interrupted still reach MLflow from the checkpoint the run resumes from."""
     is_last = state.step == plan.total_steps
     log_due = state.step % job.train.log_every == 0 or is_last
     eval_due = (
@@ -331,6 +337,7 @@ def report_if_due(
     if rank == 0:  # not print(): Ray Train patches it to log each line twice
         sys.stdout.write(progress_line(metrics, plan.total_steps) + "\n")
         sys.stdout.flush()
+        reports.append({"timestamp_ms": int(time.time() * 1000), "metrics": metrics})
     if not checkpoint_due:
         ray.train.report(metrics)
         return
@@ -338,8 +345,11 @@ def report_if_due(
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
-            save_checkpoint(Path(directory), model, optimizer, scheduler, state, rng_states, job.to_dict())
+            save_checkpoint(
+                Path(directory), model, optimizer, scheduler, state, rng_states, job.to_dict(), reports
+            )
             checkpoint = ray.train.Checkpoint.from_directory(directory)
+            reports.clear()
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
 
 
