@@ -34,8 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 from data import build_train_dataset, make_collate_fn
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import OptimConfig, config_from_dict
-from orchestrator.train.driver import ensure_prepared_data, resolve_job, train
+from orchestrator.train.driver import resolve_job, train
 from orchestrator.train.optim import build_optimizer
+from orchestrator.train.preflight import ensure_prepared_data
 
 
 class MetricsFile(ray.train.UserCallback):

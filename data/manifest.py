@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from data import storage
 from data.config import PrepareConfig, config_from_dict
 from data.errors import DataError
+from data.redact import redact
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -33,7 +34,7 @@ class Manifest:
     """mean_sentences_per_document, mean_fill (tokens / (examples * max_seq_length)), padding_share,
     nsp_random_share (mlm+nsp)."""
     corpus: list[str] = field(default_factory=list)
-    """The corpus paths as given."""
+    """The corpus paths as given (credentials in a URI redacted)."""
     elapsed_seconds: float = 0.0
     """Wall time of `prepare`."""
     format_version: int = FORMAT_VERSION
@@ -48,7 +49,7 @@ class Manifest:
         )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json.dumps({**asdict(self), "corpus": redact(self.corpus)}, indent=2) + "\n"
 
 
 def load_manifest(prepared_dir: str) -> Manifest:

@@ -107,11 +107,10 @@ def prepare(
 
 
 def ensure_ray() -> None:
-    """Join the Ray cluster in RAY_ADDRESS, or start a local one."""
-    import ray
+    """Join the cluster in RAY_ADDRESS (or one `ray start` runs here), or start a local one on 127.0.0.1."""
+    from data.local_ray import init_ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+    init_ray(include_dashboard=False)
 
 
 def _build_and_write(

@@ -72,13 +72,18 @@ def is_file(path: str | os.PathLike) -> bool:
     return filesystem.get_file_info(inner).type == pafs.FileType.File
 
 
-@_clear_bucket_errors
 def list_files(directory: str | os.PathLike) -> list[str]:
     """Paths of the files under `directory` (recursively), relative to it; [] when it does not exist."""
+    return sorted(file_sizes(directory))
+
+
+@_clear_bucket_errors
+def file_sizes(directory: str | os.PathLike) -> dict[str, int]:
+    """{path relative to `directory`: size in bytes} of the files under it; {} when it does not exist."""
     filesystem, inner = resolve(directory)
     selector = pafs.FileSelector(inner, recursive=True, allow_not_found=True)
     infos = filesystem.get_file_info(selector)
-    return sorted(posixpath.relpath(i.path, inner) for i in infos if i.type == pafs.FileType.File)
+    return {posixpath.relpath(i.path, inner): i.size for i in infos if i.type == pafs.FileType.File}
 
 
 @_clear_bucket_errors
@@ -111,6 +116,12 @@ def copy_dir(source: str | os.PathLike, destination: str | os.PathLike) -> None:
     destination_fs, destination_inner = resolve(destination)
     destination_fs.create_dir(destination_inner, recursive=True)
     pafs.copy_files(source_inner, destination_inner, source_fs, destination_fs)
+
+
+@_clear_bucket_errors
+def remove_file(path: str | os.PathLike) -> None:
+    filesystem, inner = resolve(path)
+    filesystem.delete_file(inner)
 
 
 @_clear_bucket_errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,7 +58,10 @@ class DataConfig:
     """Tokenizer folder (relative to the working directory); trained from the corpus when missing. With
     checkpoint.init_from holding a tokenizer, "" (or a folder with none yet) takes that one."""
     prepared_dir: str = "prepared/default"
-    """Prepared shards folder; built from the corpus when missing or made with other settings."""
+    """Prepared shards folder: built from the corpus when missing, rebuilt when `train` made it with other
+    settings; one that another command made for other settings is refused (see `rebuild`)."""
+    rebuild: bool = False
+    """Replace prepared_dir with this run's data even when another command made it with other settings."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """How to train the tokenizer when it is missing."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -170,9 +174,11 @@ class MlflowConfig:
     registered_model_name: str = ""
     """Register the final model in the MLflow Model Registry under this name; "" -> not registered."""
     max_buffered_metrics: int = 100_000
-    """Metrics kept while the tracking server does not answer; beyond this the oldest are dropped."""
+    """Metrics kept in memory while the tracking server does not answer; beyond this they are written to the
+    run directory (mlflow_unsent/), to be sent when the run next starts or by `tracking sync`."""
     flush_timeout_s: float = 60.0
-    """How long the end of training waits for buffered metrics to reach the tracking server."""
+    """How long the end of training waits for buffered metrics to reach the tracking server (and the most
+    any one call to it may take, up to 10 s)."""
 
 
 @dataclass
@@ -200,10 +206,15 @@ class JobConfig:
 
 
 def load_config(path_or_name: str, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Read a recipe (a YAML path, or the name of one in configs/) and apply `key.sub=value` overrides."""
-    path = resolve_recipe_path(path_or_name)
+    """Read a recipe (a YAML path, the name of one in configs/, or "-": standard input) and apply
+    `key.sub=value` overrides."""
+    if path_or_name == "-":  # how a submitted job gets its config without a file holding its secrets
+        path, text = "<stdin>", sys.stdin.read()
+    else:
+        path = resolve_recipe_path(path_or_name)
+        text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise UserError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
@@ -213,7 +224,8 @@ def load_config(path_or_name: str, overrides: list[str] | tuple[str, ...] = ()) 
     try:
         return config_from_dict(raw)
     except UserError as error:
-        raise UserError(f"{path}: {error}") from None
+        where = " ".join([str(path), *(f"--set {override}" for override in overrides)])
+        raise UserError(f"{where}: {error}") from None
 
 
 def resolve_recipe_path(path_or_name: str) -> Path:
@@ -229,18 +241,42 @@ def resolve_recipe_path(path_or_name: str) -> Path:
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in the raw recipe mapping; the value is parsed as YAML (1e-4, true, null)."""
+    """Set `a.b.c=value` in the raw recipe mapping; the value is parsed as YAML (1e-4, true, null). A key or
+    value that does not fit the config is an error blamed on this override, not on the recipe."""
     key, sep, text = override.partition("=")
     if not sep or not key:
-        raise UserError(f"override {override!r} must look like section.key=value")
+        raise UserError(f"--set {override}: must look like section.key=value")
     *parents, leaf = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+        _check_key_and_value([*parents, leaf], value)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", error)
+        raise UserError(f"--set {override}: the value is not valid YAML ({problem}); quote it") from None
+    except UserError as error:
+        raise UserError(f"--set {override}: {error}") from None
     node = raw
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserError(f"override {override!r}: {part!r} is a value, not a section")
+            raise UserError(f"--set {override}: the recipe's {part!r} is a value, not a section")
         node = child
-    node[leaf] = yaml.safe_load(text) if text.strip() else ""
+    node[leaf] = value
+
+
+def _check_key_and_value(parts: list[str], value: Any) -> None:
+    """Whether dotted key `parts` names a setting of JobConfig and `value` has its type."""
+    cls, done = JobConfig, []
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            raise UserError(f"{'.'.join(done)!r} is a value, not a section")
+        fields = [f.name for f in dataclasses.fields(cls) if f.init]
+        if part not in fields:
+            where = f"section {'.'.join(done)!r}" if done else "the top level"
+            raise UserError(f"unknown key {part!r} in {where}; valid keys: {', '.join(fields)}")
+        cls = typing.get_type_hints(cls)[part]
+        done.append(part)
+    _convert(cls, value, ".".join(parts))
 
 
 WorkerCount = int | tuple[int, int]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import time
 import urllib.error
 import urllib.request
@@ -27,9 +26,7 @@ import yaml
 from data import storage
 from orchestrator.config import JobConfig
 from orchestrator.errors import UserError
-from orchestrator.tracking.names import MODEL_TRAINING_VIEW
-from orchestrator.tracking.params import redact
-from orchestrator.tracking.run import resolve_tracking_uri
+from orchestrator.tracking.run import resolve_tracking_uri, run_link
 from orchestrator.train.resources import plan_batches
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # where `ray dashboard cluster.yaml` forwards the head's dashboard
@@ -178,13 +175,10 @@ def submit_run(client, config: JobConfig) -> str:
     if previous is not None:
         print(f"Replacing the {previous} job record {run_name!r}; the run resumes from its last checkpoint.")
         client.delete_job(run_name)
-    # The config travels in an environment variable that the entrypoint writes to a file. Not a working_dir:
-    # Ray unpacks a job's working_dir again for each new worker process, deleting the driver's cwd under it.
-    config_file = shlex.quote(f"/tmp/bert-pretrain-jobs/{run_name}.yaml")
-    entrypoint = (
-        f"mkdir -p /tmp/bert-pretrain-jobs && printf '%s\\n' \"${CONFIG_ENV}\" > {config_file} "
-        f"&& cd ~ && exec bert-pretrain train --config {config_file}"
-    )
+    # The config travels in an environment variable that the entrypoint pipes to `train --config -`: no file
+    # on the cluster holds its secrets. Not a working_dir: Ray unpacks a job's working_dir again for each new
+    # worker process, deleting the driver's cwd under it.
+    entrypoint = f"cd ~ && printf '%s\\n' \"${CONFIG_ENV}\" | bert-pretrain train --config -"
     return client.submit_job(
         submission_id=run_name,
         entrypoint=entrypoint,
@@ -289,8 +283,4 @@ class MlflowRunFinder:
 
     def link(self) -> str:
         """A browser link for a tracking server, else the store and run id."""
-        uri = redact(self.tracking_uri)
-        if uri.startswith(("http://", "https://")):
-            run_page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?{MODEL_TRAINING_VIEW}"
-            return f"{uri.rstrip('/')}/{run_page}"
-        return f"run {self.run_id} in {uri} (open it with `bert-pretrain ui --backend-store-uri {uri}`)"
+        return run_link(self.tracking_uri, self.experiment_id, self.run_id)

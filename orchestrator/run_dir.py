@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from data import storage
+from data.redact import redact
 
 RUN_JSON = "run.json"
 
@@ -22,6 +23,6 @@ def read_run_json(run_dir: str | Path) -> dict:
 
 def update_run_json(run_dir: str | Path, **fields) -> None:
     """Merge `fields` into `<run_dir>/run.json`, creating the folder and file as needed (written whole, so a
-    reader never sees half a file)."""
-    contents = read_run_json(run_dir) | fields
+    reader never sees half a file). Secrets (URI credentials, secret-named keys) are written redacted."""
+    contents = read_run_json(run_dir) | redact(fields)
     storage.write_text(storage.join(run_dir, RUN_JSON), json.dumps(contents, indent=2, sort_keys=True) + "\n")

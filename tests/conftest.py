@@ -38,12 +38,14 @@ def bucket(s3_server, request) -> str:
 
 @pytest.fixture(scope="session")
 def ray_session(s3_server):
-    """A local Ray with 2 CPUs (this machine's size) for the whole session."""
+    """A new local Ray with 2 CPUs (this machine's size) on 127.0.0.1 for the whole session, whatever other
+    Ray runs on the machine."""
     import ray
     from ray.data import DataContext
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from data.local_ray import init_ray
+
+    init_ray(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from orchestrator.errors import UserError
+from data.redact import redact_text
+from orchestrator.errors import Interrupted, UserError
 
 # Each command module exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
 # They import torch and Ray inside their handlers, so that `--help` stays fast.
@@ -53,10 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    # Every message goes through redact_text: no credential of a URI reaches the console.
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as interrupt:
+        detail = str(interrupt) if isinstance(interrupt, Interrupted) else "run it again to start over"
+        print(f"\nbert-pretrain {args.command}: interrupted; {redact_text(detail)}", file=sys.stderr)
+        return 130
     except Exception as error:
         if not _is_user_error(error):
-            raise
-        print(f"bert-pretrain {args.command}: error: {error}", file=sys.stderr)
+            print(redact_text("".join(traceback.format_exception(error))), end="", file=sys.stderr)
+            return 1
+        print(f"bert-pretrain {args.command}: error: {redact_text(str(error))}", file=sys.stderr)
         return 2

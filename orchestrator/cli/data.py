@@ -104,14 +104,49 @@ def _register_inspect(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_tokenizer_train(args: argparse.Namespace) -> int:
-    from data import TokenizerConfig, load_tokenizer, train_tokenizer
+    from data import TokenizerConfig, load_tokenizer, storage, train_tokenizer
+    from data.tokenizer import SPECIAL_TOKENS
+    from orchestrator.errors import UserError
+    from orchestrator.train.preflight import TOKENIZER_SETTINGS_FILE
 
+    if args.vocab_size < 1:
+        raise UserError(f"--vocab-size {args.vocab_size}: give a positive size (BERT's is 30522)")
+    replaced = _tokenizer_files_to_replace(args.out)
     config = TokenizerConfig(
         vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
     )
     train_tokenizer(args.corpus, args.out, config, input_format=args.format, text_field=args.text_field)
-    print(f"wrote a tokenizer of {load_tokenizer(args.out).get_vocab_size():,} tokens to {args.out}")
+    if TOKENIZER_SETTINGS_FILE in replaced:  # `train` built the old one; this one is the user's own
+        storage.remove_file(storage.join(args.out, TOKENIZER_SETTINGS_FILE))
+    size = load_tokenizer(args.out).get_vocab_size()
+    action = f"replaced the tokenizer ({', '.join(replaced)}) in" if replaced else "wrote a tokenizer to"
+    print(f"{action} {args.out}: {size:,} tokens")
+    if size > args.vocab_size:
+        print(
+            f"(more than --vocab-size {args.vocab_size}: a WordPiece vocabulary always holds the "
+            f"{len(SPECIAL_TOKENS)} special tokens and every character of the corpus)"
+        )
     return 0
+
+
+def _tokenizer_files_to_replace(out: str) -> list[str]:
+    """The tokenizer files already in `out` (replaced); a UserError when `out` is a file or holds others."""
+    from data import storage
+    from orchestrator.errors import UserError
+    from orchestrator.train.checkpoints import TOKENIZER_FILES
+    from orchestrator.train.preflight import TOKENIZER_SETTINGS_FILE
+
+    if storage.is_file(out):
+        raise UserError(f"--out {out} is a file: give a folder for the tokenizer (it is created if missing)")
+    files = storage.list_files(out)
+    others = [name for name in files if name not in (*TOKENIZER_FILES, TOKENIZER_SETTINGS_FILE)]
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise UserError(
+            f"--out {out} holds other files than a tokenizer ({shown}): give a new or empty folder (a folder "
+            "that holds only a tokenizer is replaced)"
+        )
+    return files
 
 
 def run_prepare(args: argparse.Namespace) -> int:

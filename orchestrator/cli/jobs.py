@@ -56,9 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
+    from data.redact import redact
     from orchestrator.config import apply_scaling_flags, load_config
     from orchestrator.jobs import MlflowRunFinder, check_submittable, connect, follow_logs, submit_run
-    from orchestrator.tracking.params import redact
 
     overrides = [*args.overrides, *([f"checkpoint.init_from={args.init_from}"] if args.init_from else [])]
     config = apply_scaling_flags(load_config(args.config, overrides), args.num_workers, args.use_gpu)
@@ -73,7 +73,7 @@ def run_submit(args: argparse.Namespace) -> int:
     from_checkpoint = config.model.preset == "auto" and config.checkpoint.init_from
     model = "the --init-from" if from_checkpoint else config.model.preset
     print(f"Submitted job {job_id}: {config.scaling.describe_workers()} workers, {model} model")
-    print(f"Ray dashboard: {client.get_address()}")
+    print(f"Ray dashboard: {redact(client.get_address())}")
     finder = MlflowRunFinder(config)
 
     def print_link_once_found() -> None:

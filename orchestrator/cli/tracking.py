@@ -1,4 +1,5 @@
-"""`bert-pretrain` subcommands for tracking: `ui` opens the MLflow UI over the runs recorded here."""
+"""`bert-pretrain` subcommands for tracking: `ui` opens the MLflow UI over the runs recorded here, `tracking
+sync` sends what a run could not send while its tracking server was away."""
 
 from __future__ import annotations
 
@@ -23,9 +24,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ui.set_defaults(func=run_ui)
 
+    tracking = subparsers.add_parser(
+        "tracking", help="MLflow records of training runs", description="MLflow records of training runs."
+    )
+    actions = tracking.add_subparsers(dest="tracking_command", metavar="ACTION", required=True)
+    sync = actions.add_parser(
+        "sync",
+        help="send a run's metrics that the tracking server did not get",
+        description="Send what a run kept in RUN_DIR/mlflow_unsent/ while its tracking server did not answer "
+        "(metrics, tags, the final model, how the run ended), and the metrics its newest checkpoint holds "
+        "(those of an interrupted run that Ray Train had not passed on), to its MLflow run, creating the run "
+        "when no start reached the server. Every metric arrives once, however often this is run. `train` "
+        "does the same when the run is next started.",
+    )
+    sync.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder: STORAGE_PATH/RUN_NAME")
+    sync.add_argument(
+        "--tracking-uri",
+        default="",
+        help="the tracking server, when it is not the run's mlflow.tracking_uri (run.json keeps that without "
+        "its password)",
+    )
+    sync.set_defaults(func=run_sync)
+
 
 def run_ui(args: argparse.Namespace) -> int:
     """Serve the MLflow UI until interrupted."""
     from orchestrator.tracking.ui import serve_ui
 
     return serve_ui(args.backend_store_uri, args.host, args.port)
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    """Send what the run directory keeps unsent."""
+    from orchestrator.tracking.run import sync_run
+    from orchestrator.train.checkpoints import find_resume_checkpoint, read_train_state
+
+    newest = find_resume_checkpoint(args.run_dir).path
+    reports = read_train_state(newest).get("reports", []) if newest else []
+    sent, link = sync_run(args.run_dir, args.tracking_uri, reports)
+    if not link:
+        print(f"Nothing to send: {args.run_dir} keeps no unsent MLflow records.")
+        return 0
+    print(f"Sent {sent:,} metrics and the rest of what {args.run_dir} kept. MLflow run: {link}")
+    return 0

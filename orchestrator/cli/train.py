@@ -76,8 +76,9 @@ def run_train(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
     from orchestrator.train.driver import resolve_job, train
 
-    # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C, so the MLflow run is marked KILLED.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C (during the fit, Ray Train's graceful
+    # abort, which flushes the metrics), so the MLflow run is marked KILLED and the checkpoints stay.
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     job = resolve_job(
         load_config(args.config, args.overrides),
         num_workers=args.num_workers,
@@ -88,19 +89,17 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"\nTrained {result.steps} steps. The model (HF format, with its tokenizer) is in {result.final_dir}"
     )
-    if job.mlflow.enabled:
-        print("See the run in MLflow: bert-pretrain ui   (then open the address it prints)")
+    if result.mlflow_link:
+        print(f"See the run in MLflow: {result.mlflow_link}")
     return 0
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
 
 def run_config_show(args: argparse.Namespace) -> int:
     import yaml
 
+    from data.redact import redact
     from orchestrator.config import load_config
 
-    print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+    config = redact(load_config(args.config, args.overrides).to_dict())
+    print(yaml.safe_dump(config, sort_keys=False), end="")
     return 0

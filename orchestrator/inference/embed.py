@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from data import DataError, storage
 from data.hashing import text_key
+from data.local_ray import init_ray
 from data.readers import read_documents, resolve_corpus
 from data.sentences import normalize_text
 from data.tokenizer import PAD
@@ -118,7 +119,6 @@ def embed_corpus(
     text_field: str = "text",
 ) -> int:
     """Embed every document of `corpus` into Parquet files under `out_dir`; return the number of rows."""
-    import ray
     import ray.data
 
     if settings.pooling not in POOLINGS:
@@ -134,8 +134,7 @@ def embed_corpus(
     from orchestrator.inference.loading import load_model
 
     load_model(model_dir, tokenizer_dir)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+    init_ray(include_dashboard=False)
     documents = read_documents(files, text_field)
     embedded = documents.map_batches(
         CorpusEmbedder,

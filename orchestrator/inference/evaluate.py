@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from data import MaskingConfig, build_train_dataset, load_manifest, make_collate_fn, storage, tokenizer_hash
-from data.manifest import TOKENIZER_DIR
+from data.local_ray import init_ray
+from data.manifest import TOKENIZER_DIR, Manifest
 from model.hf import MLM_HEAD_TENSOR
 from orchestrator.errors import UserError
 from orchestrator.inference.loading import LoadedModel
@@ -46,13 +47,10 @@ def evaluate(
     masking: MaskingConfig | None = None,
 ) -> EvalResult:
     """Evaluate `loaded` over one split of `prepared_dir` with the masks of `seed` (Ray Data reads it)."""
-    import ray
-
     masking = masking or MaskingConfig()
     manifest = load_manifest(prepared_dir)
-    _check_compatible(loaded, prepared_dir, manifest.tokenizer_hash)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+    _check_compatible(loaded, prepared_dir, manifest)
+    init_ray(include_dashboard=False)
     dataset = build_train_dataset(prepared_dir, masking, seed=seed, epoch=0, split=split)
     collate_fn = make_collate_fn(masking, manifest.settings.max_seq_length, manifest.special_token_ids["pad"])
     with_nsp = loaded.has_nsp_head and manifest.settings.objective == "mlm+nsp"
@@ -78,14 +76,22 @@ def evaluate(
     )
 
 
-def _check_compatible(loaded: LoadedModel, prepared_dir: str, data_tokenizer_hash: str) -> None:
-    """The model must have an MLM head and use the tokenizer the data was prepared with."""
+def _check_compatible(loaded: LoadedModel, prepared_dir: str, manifest: Manifest) -> None:
+    """The model must have an MLM head, positions for the examples' length, and use the tokenizer the data
+    was prepared with."""
+    positions = loaded.model.config.max_position_embeddings
+    if manifest.settings.max_seq_length > positions:
+        raise UserError(
+            f"{prepared_dir} holds examples of up to {manifest.settings.max_seq_length} tokens, but the "
+            f"model has {positions} positions: evaluate on data prepared with --max-seq-length {positions} "
+            "or less"
+        )
     if not loaded.has_mlm_head:
         raise UserError(
             f"{loaded.source} has no MLM head ({MLM_HEAD_TENSOR}): a bare encoder cannot be evaluated on MLM"
         )
     model_tokenizer_hash = tokenizer_hash(loaded.tokenizer_dir)
-    if model_tokenizer_hash != data_tokenizer_hash:
+    if model_tokenizer_hash != manifest.tokenizer_hash:
         raise UserError(
             f"the model's tokenizer ({loaded.tokenizer_dir}) is not the one {prepared_dir} was prepared with "
             f"({storage.join(prepared_dir, TOKENIZER_DIR)}): prepare the held-out data with the model's "

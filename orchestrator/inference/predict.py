@@ -67,6 +67,8 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[list[Predi
 @torch.no_grad()
 def next_sentence_probability(loaded: LoadedModel, first: str, second: str) -> float:
     """P(second follows first) from the NSP head (its index 0 = IsNext, as in HF BertForPreTraining)."""
+    if not first.strip() or not second.strip():
+        raise UserError("nsp needs two sentences: FIRST and SECOND must not be empty")
     if not loaded.has_nsp_head:
         raise UserError(
             f"{loaded.source} has no trained next-sentence head: it was trained without NSP (model.use_nsp "

@@ -1,44 +1,15 @@
-"""A resolved config as MLflow parameters: secrets redacted, sections flattened, MLflow's limits kept."""
+"""A resolved config as MLflow parameters: secrets redacted (data.redact), sections flattened, MLflow's limits
+kept."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
-REDACTED = "***"
-
-# Whole words of a key (split on "_", "-", "." and case changes) that mark a secret. Whole words, so that
-# `tokenizer` or `max_tokens` are kept while `hf_token`, `api_key` or `aws_secret_access_key` are not.
-SECRET_KEY_WORDS = frozenset(
-    {"token", "password", "passwd", "secret", "key", "apikey", "credential", "credentials", "auth"}
-)
-
-# The password in a URL such as https://user:password@host/.
-URL_PASSWORD = re.compile(r"(?P<prefix>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]+):[^@/\s]+@")
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a config key names a secret."""
-    words = re.split(r"[_\-.\s]+|(?<=[a-z])(?=[A-Z])", key)
-    return any(word.lower() in SECRET_KEY_WORDS for word in words)
-
-
-def redact(value: Any) -> Any:
-    """A copy of a nested config with the values of secret-looking keys and URL passwords replaced."""
-    if isinstance(value, Mapping):
-        return {
-            key: REDACTED if is_secret_key(str(key)) and item not in (None, "") else redact(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact(item) for item in value]
-    if isinstance(value, str):
-        return URL_PASSWORD.sub(rf"\g<prefix>:{REDACTED}@", value)
-    return value
+from data.redact import redact
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

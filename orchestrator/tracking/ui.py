@@ -1,17 +1,20 @@
-"""The MLflow UI over a tracking store: `mlflow server` on the given address, until interrupted."""
+"""The MLflow UI over a tracking store: `mlflow server` on the given address, until interrupted (Ctrl-C or
+SIGTERM), which stops the server and every process it started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from data.redact import redact
 from orchestrator.config import MlflowConfig
 from orchestrator.errors import UserError
 from orchestrator.tracking.names import MODEL_TRAINING_VIEW
-from orchestrator.tracking.params import redact
 from orchestrator.tracking.run import EMBEDDED_ARTIFACTS_DIR, resolve_tracking_uri
 
 
@@ -59,8 +62,25 @@ def serve_ui(backend_store_uri: str, host: str, port: int) -> int:
     ]
     # The server's job runner serves GenAI features this project does not use; it would start seven processes.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI: {ui_address(host, port)}  (store: {store_uri}; Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI: {ui_address(host, port)}  (store: {redact(store_uri)}; Ctrl-C to stop)", flush=True)
+    # Its own process group, so that stopping the UI (Ctrl-C or SIGTERM) stops every process of the server.
+    server = subprocess.Popen(command, env=env, start_new_session=True)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     try:
-        return subprocess.run(command, env=env).returncode
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        stop_process_group(server)
+
+
+def stop_process_group(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM to the process group of `process` (started with start_new_session=True): the process and
+    everything it started, even when the process itself is gone; SIGKILL to what is left after `timeout_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

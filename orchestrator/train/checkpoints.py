@@ -1,19 +1,27 @@
-"""What a training checkpoint holds, and how it is written, read, and turned into the final HF model.
+"""What a training checkpoint holds, and how it is written, checked, chosen, read, and turned into the final
+HF model.
 
-A checkpoint folder (reported to Ray Train, which keeps the last K under the run directory):
+A checkpoint folder `checkpoint_<step, 9 digits>` (reported to Ray Train, under the run directory):
   model.safetensors   the model's own state dict (padded vocabulary, tied weights stored once)
   model_config.json   the BertConfig, to rebuild the model without the job config
   optimizer.pt, scheduler.pt, rng.pt   state dicts and every rank's RNG states (read with weights_only=True)
   train_state.json    step, consumed samples, data epoch and position, world size, the resolved job config
-Only rank 0 writes it; the other ranks' RNG states reach it through a gather.
+                      (secrets redacted), rank 0's reports since the previous checkpoint, and the size of
+                      every other file: written last, so a checkpoint is complete and intact when its
+                      files are there at those sizes
+Only rank 0 writes it; the other ranks' RNG states reach it through a gather. A run resumes from its newest
+complete and intact checkpoint (`find_resume_checkpoint`), whatever was interrupted or damaged after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import re
 import shutil
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from data import storage
+from data.redact import redact
 from model import ARCHITECTURE_FIELDS, BertConfig, BertForPreTraining
 from model.hf import copy_hf_weights, read_hf_config
 from orchestrator.errors import UserError
@@ -33,6 +42,13 @@ SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
 TRAIN_STATE_FILE = "train_state.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+STATE_FILES = (MODEL_FILE, MODEL_CONFIG_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE)
+CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
+
+
+# The sizes that must agree for a checkpoint's weights to load into the run's model.
+def checkpoint_dir_name(step: int) -> str:
+    return f"checkpoint_{step:09d}"
 
 
 @dataclass
@@ -73,8 +89,11 @@ def save_checkpoint(
     state: TrainState,
     rng_states: list[dict[str, torch.Tensor]],
     job_config: dict[str, Any],
+    reports: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Write everything an exact resume needs into `directory` (rank 0 only)."""
+    """Write everything an exact resume needs into `directory` (rank 0 only); train_state.json last, with
+    the sizes of the other files and `reports` ({"timestamp_ms", "metrics"} of each report since the
+    previous checkpoint)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / MODEL_FILE))
     (directory / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model.config), indent=2))
@@ -82,7 +101,9 @@ def save_checkpoint(
     torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
     torch.save(rng_states, directory / RNG_FILE)
     saved = {k: v for k, v in dataclasses.asdict(state).items() if k != "resumed"}
-    (directory / TRAIN_STATE_FILE).write_text(json.dumps({**saved, "config": job_config}, indent=2))
+    files = {name: (directory / name).stat().st_size for name in STATE_FILES}
+    contents = {**saved, "files": files, "config": redact(job_config), "reports": list(reports)}
+    (directory / TRAIN_STATE_FILE).write_text(json.dumps(contents, indent=2))
 
 
 def load_checkpoint(
@@ -94,12 +115,17 @@ def load_checkpoint(
 ) -> TrainState:
     """Restore model, optimizer, scheduler and this rank's RNG; return the saved position.
 
-    A rank that did not exist in the saved run (more workers now) keeps its seeded RNG.
+    A rank that did not exist in the saved run (more workers now) keeps its seeded RNG. A file that cannot
+    be read is a UserError naming it: every restart would meet it again.
     """
-    load_model(model, str(directory / MODEL_FILE), device=_device_of(model))
-    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
-    rng_states = torch.load(directory / RNG_FILE, weights_only=True)
+    with _naming_damaged_file(directory, MODEL_FILE):
+        load_model(model, str(directory / MODEL_FILE), device=_device_of(model))
+    with _naming_damaged_file(directory, OPTIMIZER_FILE):
+        optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True))
+    with _naming_damaged_file(directory, SCHEDULER_FILE):
+        scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
+    with _naming_damaged_file(directory, RNG_FILE):
+        rng_states = torch.load(directory / RNG_FILE, weights_only=True)
     if rank < len(rng_states):
         set_rng_state(rng_states[rank])
     saved = json.loads((directory / TRAIN_STATE_FILE).read_text())
@@ -107,9 +133,112 @@ def load_checkpoint(
     return TrainState(**{k: v for k, v in saved.items() if k in fields}, resumed=True)
 
 
-def read_train_state(directory: Path) -> dict[str, Any]:
-    """The checkpoint's train_state.json (position and resolved config)."""
-    return json.loads((Path(directory) / TRAIN_STATE_FILE).read_text())
+@contextlib.contextmanager
+def _naming_damaged_file(directory: Path, name: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        raise UserError(
+            f"checkpoint {directory.name}: {name} cannot be read ({type(error).__name__}: {error}). Delete "
+            "that checkpoint folder and run the same command again to resume from the one before"
+        ) from error
+
+
+def read_train_state(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's train_state.json (position, resolved config, reports); local or in a bucket."""
+    return json.loads(storage.read_text(storage.join(directory, TRAIN_STATE_FILE)))
+
+
+def checkpoint_problem(name: str, sizes: dict[str, int], train_state: str | None) -> str | None:
+    """Why checkpoint folder `name` cannot be resumed from (None: it is complete and intact), from its
+    files' sizes and the text of its train_state.json (None when there is none)."""
+    if train_state is None:
+        return f"{TRAIN_STATE_FILE} is missing (written last: the checkpoint was not finished)"
+    try:
+        state = json.loads(train_state)
+        step = int(state["step"])
+    except (ValueError, KeyError, TypeError) as error:
+        return f"{TRAIN_STATE_FILE} is unreadable ({type(error).__name__})"
+    if step != _step_of(name):
+        return f"{TRAIN_STATE_FILE} says step {step}"
+    # A checkpoint of an earlier version records no sizes: its files must be there and not empty.
+    expected = state.get("files") or dict.fromkeys(STATE_FILES)
+    for file, size in expected.items():
+        if not sizes.get(file):
+            return f"{file} is missing" if file not in sizes else f"{file} is empty"
+        if size is not None and sizes[file] != size:
+            return f"{file} is {sizes[file]:,} bytes, not {size:,}"
+    return None
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run resumes from, and the newer ones it skips."""
+
+    path: str | None
+    """The newest complete and intact checkpoint folder; None: the run starts from step 0."""
+    step: int
+    skipped: list[tuple[str, str]]
+    """(folder name, why) of each newer checkpoint that is damaged or was not finished."""
+
+
+def _step_of(name: str) -> int:
+    return int(CHECKPOINT_DIR.fullmatch(name).group(1))
+
+
+def checked_checkpoints(run_dir: str) -> list[tuple[str, str | None]]:
+    """(folder name, problem or None) of each of the run's checkpoints, newest first."""
+    found: dict[str, dict[str, int]] = {}
+    for path, size in storage.file_sizes(run_dir).items():
+        folder, _, file = path.partition("/")
+        if CHECKPOINT_DIR.fullmatch(folder) and file and "/" not in file:
+            found.setdefault(folder, {})[file] = size
+    checked = []
+    for name in sorted(found, key=_step_of, reverse=True):
+        sizes = found[name]
+        state_file = storage.join(run_dir, name, TRAIN_STATE_FILE)
+        state = storage.read_text(state_file) if TRAIN_STATE_FILE in sizes else None
+        checked.append((name, checkpoint_problem(name, sizes, state)))
+    return checked
+
+
+def find_resume_checkpoint(run_dir: str) -> ResumePoint:
+    """The newest checkpoint of the run that is complete and intact (its files checked against the sizes
+    train_state.json records), whatever Ray Train's own list of checkpoints says; and why each newer one is
+    skipped."""
+    skipped = []
+    for name, problem in checked_checkpoints(run_dir):
+        if problem is None:
+            return ResumePoint(storage.join(run_dir, name), _step_of(name), skipped)
+        skipped.append((name, problem))
+    return ResumePoint(None, 0, skipped)
+
+
+def prune_checkpoints(run_dir: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` intact checkpoints (damaged and older ones go); return the names
+    deleted. For after a run has finished: Ray Train prunes only the checkpoints of its own fit."""
+    checked = checked_checkpoints(run_dir)
+    kept = [name for name, problem in checked if problem is None][:keep]
+    deleted = [name for name, _ in checked if name not in kept]
+    for name in deleted:
+        storage.remove_dir(storage.join(run_dir, name))
+    return deleted
+
+
+def check_resumable(path: str, expected: BertConfig) -> None:
+    """A UserError (before any worker starts) when the checkpoint's model has other sizes than the run's."""
+    saved = json.loads(storage.read_text(storage.join(path, MODEL_CONFIG_FILE)))
+    different = {
+        k: (saved.get(k), getattr(expected, k))
+        for k in ("vocab_size", *ARCHITECTURE_FIELDS)
+        if saved.get(k) != getattr(expected, k)
+    }
+    if different:
+        details = ", ".join(f"{k} {a} there vs {b} now" for k, (a, b) in different.items())
+        raise UserError(
+            f"the run resumes from {path}, whose model has other sizes ({details}): keep the run's "
+            "model.preset (or --init-from) and data, or start a new run with another checkpoint.run_name"
+        )
 
 
 def load_model_from_checkpoint(directory: Path) -> BertForPreTraining:

@@ -1,18 +1,20 @@
 """The training driver: from a job config to a trained model in `<storage_path>/<run_name>/final/`.
 
-Resolves the config (absolute paths, worker flags), builds the tokenizer and prepared data when they are
-missing or stale, works out the batch split and checks the cluster can hold the run, then runs Ray Train's
-`TorchTrainer` with `orchestrator.train.loop.train_worker` on every rank, and exports the last checkpoint in
-HF format with the tokenizer. Starting the same run again (same storage path and run name) resumes it: Ray
-Train reloads the run's checkpoint list from storage and the workers restore the latest one.
+Resolves the config (absolute paths, worker flags), checks before Ray Train starts everything that would
+fail the same way on every worker (`orchestrator.train.preflight`), builds the tokenizer and prepared data
+when they are missing, works out the batch split and checks the cluster can hold the run, then runs Ray
+Train's `TorchTrainer` with `orchestrator.train.loop.train_worker` on every rank, and exports the last
+checkpoint in HF format with the tokenizer. Starting the same run again (same storage path and run name)
+resumes it from its newest complete and intact checkpoint, which this driver chooses and names.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +25,34 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 import data
-from data import storage
+from data import local_ray, storage
 from data.manifest import MANIFEST_FILE
 from data.readers import BUILTIN_CORPUS_WORD  # the embedded default; data resolves it
+from data.redact import redact
 from model import BertConfig
 from orchestrator.config import JobConfig, WorkerCount, apply_scaling_flags, config_from_dict
-from orchestrator.errors import UserError
+from orchestrator.errors import Interrupted, UserError
 from orchestrator.run_dir import update_run_json
-from orchestrator.tracking.params import redact
 from orchestrator.tracking.run import RunTracker, ray_job_tags
-from orchestrator.train.checkpoints import export_final, read_train_state
+from orchestrator.train.checkpoints import (
+    ResumePoint,
+    export_final,
+    find_resume_checkpoint,
+    prune_checkpoints,
+    read_train_state,
+)
+from orchestrator.train.failures import StopOnUserError, user_error_in
 from orchestrator.train.init_from import Donor, adopt_donor, donor_tags, model_config, read_donor
 from orchestrator.train.loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
+from orchestrator.train.preflight import (
+    check_data_fits_model,
+    check_resume_point,
+    check_sequence_length,
+    ensure_prepared_data,
+)
 from orchestrator.train.resources import check_resources, plan_batches, ray_worker_count
 
-TOKENIZER_SETTINGS_FILE = "bert_pretrain_tokenizer.json"  # written beside a tokenizer that `train` built
+RAY_CHECKPOINT_LIST_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's own list, in the run directory
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class TrainingResult:
     final_dir: str
     steps: int
     metrics: dict
+    mlflow_link: str = ""
+    """Where to see the run in MLflow ("" when it was not recorded, or the server did not answer)."""
 
 
 def resolve_job(
@@ -74,7 +91,10 @@ def resolve_job(
 
 
 def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainingResult:
-    """Run (or resume) the training run of a resolved job config; return where the final model is."""
+    """Run (or resume) the training run of a resolved job config; return where the final model is.
+
+    What would fail the same way on every worker is refused first (a UserError within seconds). Ctrl-C or a
+    stop signal raises `Interrupted`, naming the checkpoint kept and how to resume."""
     donor = read_donor(job.checkpoint.init_from) if job.checkpoint.init_from else None
     if donor is not None:
         job = adopt_donor(job, donor)
@@ -83,7 +103,8 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
             "data.tokenizer_dir is empty: name the tokenizer folder (trained there from the corpus when "
             "missing), or --init-from a model that holds its own tokenizer"
         )
-    init_ray()
+    check_sequence_length(job, donor)
+    local_ray.init_ray(log_to_driver=True)
     plan_batch = plan_batches(
         job.train.global_batch_size,
         job.train.micro_batch_size,
@@ -93,86 +114,88 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     check_resources(job.scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
     manifest = ensure_prepared_data(job)
     model = model_config(job, manifest.vocab_size, manifest.special_token_ids["pad"], donor)
-    plan = plan_run(job, manifest, plan_batch, model)
+    check_data_fits_model(job, manifest, model)
     if donor is not None:
         _say_missing_heads(donor, job.model.use_nsp)
     run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
+    resume = find_resume_checkpoint(run_dir)
+    check_resume_point(resume, model)
+    plan = plan_run(job, manifest, plan_batch, model)
+    print_resume_point(resume, plan.total_steps)
     resolved = job.to_dict()
     update_run_json(run_dir, config=resolved, plan=plan.to_dict())
 
-    tracker = RunTracker.open(job.mlflow, run_dir, job.checkpoint.run_name)
+    reports = read_train_state(resume.path).get("reports", []) if resume.path else []
+    tracker = RunTracker.open(job.mlflow, run_dir, job.checkpoint.run_name, reports)
+    if tracker.link:
+        print(f"MLflow run: {tracker.link}", flush=True)
     try:
         tracker.log_config(resolved)
         tracker.set_tags(_run_tags(job, manifest, donor))
-        trainer = build_trainer(job, plan, [tracker.callback(), *callbacks])
-        result = trainer.fit()
+        trainer = build_trainer(job, plan, [tracker.callback(), StopOnUserError(), *callbacks])
+        result = fit(trainer, run_dir)
+        last = find_resume_checkpoint(run_dir).path
         final_dir = storage.join(run_dir, "final")
         with (
-            result.checkpoint.as_directory() as checkpoint_dir,
+            storage.local_input(last) as checkpoint_dir,
             storage.local_output(final_dir) as local_final,
             storage.local_input(storage.join(job.data.prepared_dir, MANIFEST_FILE)) as manifest_file,
         ):
             export_final(Path(checkpoint_dir), job.data.tokenizer_dir, Path(local_final))
             tracker.log_final(local_final, {"data_manifest": manifest_file})
             steps = read_train_state(Path(checkpoint_dir))["step"]
-        tracker.set_tags({"checkpoint_uri": _checkpoint_uri(result.checkpoint, job.checkpoint.storage_path)})
+        tracker.set_tags({"checkpoint_uri": last})
         update_run_json(run_dir, final_dir=final_dir)
+        prune_checkpoints(run_dir, job.checkpoint.keep)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a stop; Ray Train ends an aborted fit with SystemExit
         tracker.end("KILLED")
-        raise
+        raise Interrupted(what_is_kept(run_dir)) from None
     except BaseException as error:
         tracker.end("FAILED", error=f"{type(error).__name__}: {error}")
+        if (user_error := user_error_in(error)) is not None:
+            raise user_error from None
         raise
     tracker.end("FINISHED")
-    return TrainingResult(run_dir, final_dir, steps, dict(result.metrics or {}))
+    return TrainingResult(run_dir, final_dir, steps, dict(result.metrics or {}), tracker.link)
 
 
-def init_ray() -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local Ray (ray.init reads RAY_ADDRESS itself)."""
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
-
-
-def ensure_prepared_data(job: JobConfig) -> data.Manifest:
-    """Train the tokenizer and prepare the examples when missing or made with other settings; else reuse."""
-    settings = job.data
-    corpus = settings.corpus
-    tokenizer_dir = settings.tokenizer_dir
-    wanted = {"corpus": corpus, "tokenizer": dataclasses.asdict(settings.tokenizer)}
-    marker = storage.join(tokenizer_dir, TOKENIZER_SETTINGS_FILE)
-    tokenizer_files = (storage.join(tokenizer_dir, name) for name in ("tokenizer.json", "vocab.txt"))
-    has_tokenizer = any(storage.is_file(path) for path in tokenizer_files)
-    # A tokenizer the user brought (no marker) is used as it is; one that `train` built is rebuilt on change.
+def fit(trainer: TorchTrainer, run_dir: str) -> ray.train.Result:
+    """`trainer.fit()` without Ray Train's own list of the run's checkpoints, which the run directory
+    replaces (see `loop.restore_state`): Ray would load it, and it may lack the newest checkpoint (an
+    interrupt before Ray wrote it) or name a damaged one. Ray's Ctrl-C handler (a graceful abort of the fit)
+    is removed again afterwards."""
+    list_file = storage.join(run_dir, RAY_CHECKPOINT_LIST_FILE)
+    if storage.is_file(list_file):
+        storage.remove_file(list_file)
+    handler = signal.getsignal(signal.SIGINT)
     try:
-        if not has_tokenizer or (storage.is_file(marker) and json.loads(storage.read_text(marker)) != wanted):
-            print(f"Training the tokenizer into {tokenizer_dir} ...", flush=True)
-            data.train_tokenizer(
-                corpus,
-                tokenizer_dir,
-                settings.tokenizer,
-                settings.prepare.input_format,
-                settings.prepare.text_field,
-            )
-            storage.write_text(marker, json.dumps(wanted, indent=2))
-        tokenizer_hash = data.tokenizer_hash(tokenizer_dir)
-        with contextlib.suppress(data.DataError):  # missing or unreadable: build it
-            manifest = data.load_manifest(settings.prepared_dir)
-            if manifest.matches(settings.prepare, tokenizer_hash) and manifest.corpus == corpus:
-                return manifest
-        print(f"Preparing the examples into {settings.prepared_dir} ...", flush=True)
-        return data.prepare(corpus, tokenizer_dir, settings.prepared_dir, settings.prepare)
-    except data.DataError as error:
-        raise UserError(str(error)) from None
+        return trainer.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+
+def print_resume_point(resume: ResumePoint, total_steps: int) -> None:
+    """Say on the console which checkpoint the run resumes from, and which newer ones it skips."""
+    for name, problem in resume.skipped:
+        print(f"Skipping checkpoint {name}: {problem} (damaged, or not fully written).", flush=True)
+    if resume.path is not None:
+        name = Path(resume.path).name
+        print(f"Resuming from {name}: step {resume.step} of {total_steps}.", flush=True)
+    elif resume.skipped:
+        print(f"No intact checkpoint to resume from: starting at step 0 of {total_steps}.", flush=True)
+
+
+def what_is_kept(run_dir: str) -> str:
+    """An interrupted run's newest checkpoint and how to resume it (the line Ctrl-C prints)."""
+    resume = find_resume_checkpoint(run_dir)
+    if resume.path is None:
+        return f"no checkpoint was written yet in {run_dir}; run the same command to start again"
+    return f"the checkpoint of step {resume.step} is kept in {run_dir}; run the same command to resume"
 
 
 def plan_run(job: JobConfig, manifest: data.Manifest, batch, model: BertConfig) -> RunPlan:
     """Steps, epochs and sizes from the config, the prepared data and the model."""
-    if manifest.settings.max_seq_length > model.max_position_embeddings:
-        raise UserError(
-            f"the prepared data holds sequences of up to {manifest.settings.max_seq_length} tokens, but the "
-            f"model reads at most {model.max_position_embeddings} positions: prepare with "
-            f"data.prepare.max_seq_length <= {model.max_position_embeddings}"
-        )
     train_examples = manifest.counts["examples"]["train"]
     # Ray Train splits an epoch into equal shards, dropping up to (workers - 1) examples. With uneven shares
     # (an elastic run) a rank may need one of those in the last step: plan the epoch without them.
@@ -266,10 +289,3 @@ def _manifest_hash(prepared_dir: str) -> str:
 
     manifest = storage.read_text(storage.join(prepared_dir, MANIFEST_FILE))
     return hashlib.sha256(manifest.encode()).hexdigest()[:16]
-
-
-def _checkpoint_uri(checkpoint: ray.train.Checkpoint, storage_path: str) -> str:
-    """Ray gives a bucket checkpoint's path without its scheme; put it back."""
-    if storage.is_uri(storage_path):
-        return f"{storage_path.split('://', 1)[0]}://{checkpoint.path}"
-    return checkpoint.path

@@ -39,11 +39,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data import ExactBatches, PadAndCollate, make_collate_fn
+from data import ExactBatches, PadAndCollate, make_collate_fn, storage
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining, attention_path, compile_model
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.train.checkpoints import (
     TrainState,
+    checkpoint_dir_name,
+    find_resume_checkpoint,
     init_weights_from,
     load_checkpoint,
     rng_state,
@@ -109,12 +111,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if job.checkpoint.init_from and state.step == 0 and plan.has_eval and job.train.eval_every:
         report_initial_evaluation(plan, model, collate_fn, device, rank)
     window = MetricsWindow(device, model.config)
+    reports: list[dict[str, Any]] = []  # rank 0's reports since the last checkpoint, saved with the next one
     while state.step < plan.total_steps:
         micro_batches = next(step_batches)
         inject_failure_if_due(job, state, rank, world_size)
         window.add(train_step(ddp_model, model, optimizer, scheduler, micro_batches, job, world_size))
         state = advance(state, plan, world_size)
-        report_if_due(job, plan, state, window, model, optimizer, scheduler, collate_fn, device, rank)
+        report_if_due(
+            job, plan, state, window, model, optimizer, scheduler, collate_fn, device, rank, reports
+        )
 
 
 def build_model_and_optimizer(
@@ -133,11 +138,15 @@ def restore_state(
     rank: int,
     world_size: int,
 ) -> TrainState:
-    """Resume from the run's latest checkpoint (after a failure or a restart of the same run); else start
-    from `checkpoint.init_from`'s weights, or from scratch."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    """Resume from the run's newest complete and intact checkpoint (after a worker failure, or when the same
+    run is started again); else start from `checkpoint.init_from`'s weights, or from scratch.
+
+    The run directory is the record, not Ray Train's list of reported checkpoints (`get_checkpoint`): a
+    failure or an interrupt can come before Ray has taken in a checkpoint that rank 0 has written in full."""
+    run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
+    resume = find_resume_checkpoint(run_dir)
+    if resume.path is not None:
+        with storage.local_input(resume.path) as directory:
             return load_checkpoint(Path(directory), model, optimizer, scheduler, rank)
     if job.checkpoint.init_from:
         init_weights_from(model, job.checkpoint.init_from)
@@ -323,8 +332,12 @@ def report_if_due(
     collate_fn,
     device: torch.device,
     rank: int,
+    reports: list[dict[str, Any]],
 ) -> None:
-    """On a logging, evaluation or checkpoint step (the same steps on every rank), one `ray.train.report`."""
+    """On a logging, evaluation or checkpoint step (the same steps on every rank), one `ray.train.report`.
+
+    Rank 0's checkpoints carry its reports since the previous one: reports that Ray Train had not taken in
+    when the run was interrupted still reach MLflow from the checkpoint the run resumes from."""
     is_last = state.step == plan.total_steps
     log_due = state.step % job.train.log_every == 0 or is_last
     eval_due = (
@@ -344,6 +357,7 @@ def report_if_due(
         metrics.update(evaluate(model, plan, collate_fn, device))
     if rank == 0:
         _console(progress_line(metrics, plan.total_steps))
+        reports.append({"timestamp_ms": int(time.time() * 1000), "metrics": metrics})
     if not checkpoint_due:
         ray.train.report(metrics)
         return
@@ -351,9 +365,12 @@ def report_if_due(
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
-            save_checkpoint(Path(directory), model, optimizer, scheduler, state, rng_states, job.to_dict())
+            save_checkpoint(
+                Path(directory), model, optimizer, scheduler, state, rng_states, job.to_dict(), reports
+            )
             checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:09d}")
+            reports.clear()
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
 
 
 def report_initial_evaluation(

@@ -100,7 +100,7 @@ def check_resources(scaling: ScalingConfig, cluster: dict[str, float], nodes: li
     for resource, amount in required_resources(scaling).items():
         have = cluster.get(resource, 0.0)
         if amount > have + 1e-9:
-            missing.append(f"{amount:g} {resource} (the cluster has {have:g})")
+            missing.append(f"{amount - have:g} {resource} (it needs {amount:g}, the cluster has {have:g})")
     per_worker = {"CPU": scaling.cpus_per_worker, **({"GPU": 1.0} if scaling.use_gpu else {})}
     if not missing and not any(all(node.get(k, 0.0) >= v for k, v in per_worker.items()) for node in nodes):
         missing.append(f"a node with {per_worker} for one worker")

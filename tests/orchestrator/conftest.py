@@ -15,7 +15,8 @@ from data import load_tokenizer
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.train.checkpoints import TOKENIZER_FILES
-from orchestrator.train.driver import ensure_prepared_data, resolve_job
+from orchestrator.train.driver import resolve_job
+from orchestrator.train.preflight import ensure_prepared_data
 from tests.orchestrator import reports
 
 # The Ray Train controller unpickles the test callback: send its code along instead of importing `tests`.

@@ -75,6 +75,7 @@ def test_a_recipe_path_works_as_well_as_a_name(tmp_path):
         ("data.prepare.objective=mlm", "set model.use_nsp: false"),
         ("data.tokenizer.vocab_size=big", "data.tokenizer.vocab_size: expected int"),
         ("lr", "must look like section.key=value"),
+        ("data.corpus=[a, b", "--set data.corpus=[a, b: the value is not valid YAML"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key_and_choices(override, expected):
@@ -114,3 +115,25 @@ def test_config_show_prints_the_resolved_config_and_the_cli_reports_errors(capsy
     assert shown["optim"]["lr"] == 3e-4 and shown["mlflow"]["enabled"] is True
     assert main(["config", "show", "debug", "--set", "optim.bogus=1"]) == 2
     assert "unknown key 'bogus' in section 'optim'" in capsys.readouterr().err
+
+
+def test_a_bad_override_is_blamed_on_the_command_line_not_the_recipe(capsys):
+    assert main(["config", "show", "debug", "--set", "train.max_stepz=3"]) == 2
+    error = capsys.readouterr().err
+    assert "error: --set train.max_stepz=3: unknown key 'max_stepz' in section 'train'" in error
+    assert "debug.yaml" not in error
+    assert main(["config", "show", "debug", "--set", "train.max_tokens=1000"]) == 2  # valid alone, not with
+    assert "debug.yaml --set train.max_tokens=1000: train: set exactly one of" in capsys.readouterr().err
+
+
+def test_config_show_keeps_credentials_out(capsys):
+    overrides = [
+        "mlflow.tracking_uri=http://alice:planted-pw@mlflow:5000",
+        "data.corpus=['s3://b/c?secret_key=sk9']",
+    ]
+    assert main(["config", "show", "debug", *(arg for o in overrides for arg in ("--set", o))]) == 0
+    shown = capsys.readouterr().out
+    assert "planted-pw" not in shown and "sk9" not in shown
+    config = yaml.safe_load(shown)
+    assert config["mlflow"]["tracking_uri"] == "http://alice:***@mlflow:5000"
+    assert config["data"]["corpus"] == ["s3://b/c?secret_key=***"]

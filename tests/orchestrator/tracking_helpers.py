@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,21 @@ import urllib.request
 from pathlib import Path
 
 START_TIMEOUT_S = 120  # a cold start takes seconds, more on a loaded 2-core machine
+
+
+def process_tree(root: int) -> set[int]:
+    """`root` and all the processes it started, and they started (from /proc), that are alive."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+    tree, todo = set(), [root]
+    while todo:
+        tree.add(pid := todo.pop())
+        todo += children.get(pid, [])
+    return {pid for pid in tree if Path(f"/proc/{pid}").exists()}
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from data import MaskingConfig, load_manifest, load_tokenizer
+from data import MaskingConfig, PrepareConfig, load_manifest, load_tokenizer, prepare
 from data.manifest import TOKENIZER_DIR
 from data.masking import MaskingVocab
 from data.stream import mask_batch
@@ -115,3 +115,17 @@ def test_eval_with_another_tokenizer_is_a_clear_error(model_dir, prepared_corpus
     ]
     assert main(argv) == 2
     assert "is not the one" in capsys.readouterr().err
+
+
+def test_eval_on_examples_longer_than_the_models_positions_is_a_clear_error(
+    model_dir, prepared_corpus, tmp_path, capsys
+):
+    settings = prepared_corpus["data"]
+    longer = str(tmp_path / "prepared-128")
+    prepare(settings["corpus"], settings["tokenizer_dir"], longer, PrepareConfig(max_seq_length=128))
+    capsys.readouterr()
+    assert main(["eval", str(model_dir), "--data", longer, "--split", "train"]) == 2
+    assert (
+        f"{longer} holds examples of up to 128 tokens, but the model has 64 positions: evaluate on data "
+        "prepared with --max-seq-length 64 or less" in capsys.readouterr().err
+    )

@@ -223,3 +223,8 @@ def test_folder_that_is_not_bert_is_a_clear_error(tmp_path, capsys):
     empty.mkdir()
     assert main(["nsp", str(empty), "a.", "b."]) == 2
     assert f"{empty} is not a BERT model folder" in capsys.readouterr().err
+
+
+def test_nsp_of_empty_sentences_is_refused(memorised, capsys):
+    assert main(["nsp", str(memorised["final"]), "", " "]) == 2
+    assert "nsp needs two sentences: FIRST and SECOND must not be empty" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 from pathlib import Path
@@ -11,16 +12,19 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
+from mlflow.entities import Metric
 from ray.train import Checkpoint, UserCallback
 from ray.train.v2._internal.execution.training_report import _TrainingReport
 
+from data.redact import is_secret_key
 from model import BertConfig, BertForPreTraining
-from orchestrator.config import MlflowConfig
+from orchestrator.cli import main
+from orchestrator.config import JobConfig, MlflowConfig, TrainConfig
 from orchestrator.run_dir import read_run_json, update_run_json
 from orchestrator.tracking.metrics import MetricsCallback
-from orchestrator.tracking.params import is_secret_key
 from orchestrator.tracking.run import RunTracker
-from tests.orchestrator.tracking_helpers import MlflowServer
+from orchestrator.tracking.unsent import Unsent, load_unsent, save_unsent
+from tests.orchestrator.tracking_helpers import MlflowServer, free_port
 
 DOES_NOT_HANG_S = 5.0  # a generous bound for calls that must not wait on the tracking server
 
@@ -73,6 +77,8 @@ def test_run_dir_json_merges_keys(tmp_path):
         ("password", True),
         ("gcpCredentials", True),
         ("tokenizer_path", False),
+        ("mask_token_fraction", False),
+        ("token_path", False),
         ("max_tokens", False),
         ("vocab_size", False),
     ],
@@ -188,15 +194,81 @@ def test_server_outage_neither_blocks_nor_loses_metrics(tmp_path, server):
     assert history(client, tracker.run_id, "loss") == [(1, 1), (2, 2), (3, 3), (4, 4)]
 
 
-def test_metrics_buffer_is_bounded_and_close_is_bounded(tmp_path):
-    dead_server = "http://127.0.0.1:9"  # the discard port: nothing answers there
-    callback = MetricsCallback(dead_server, "0" * 32, {}, max_buffered_metrics=3, flush_timeout_s=1.0)
+def test_metrics_the_server_does_not_take_are_kept_in_the_run_directory(tmp_path):
+    run_dir = str(tmp_path / "run")
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    callback = MetricsCallback(nothing_listens, "0" * 32, run_dir, {}, 3, flush_timeout_s=1)
     started = time.monotonic()
     for step in range(1, 11):
         report(callback, step, loss=float(step))
-    unsent = callback.close()
+    callback.close()
     assert time.monotonic() - started < 1.0 + DOES_NOT_HANG_S
-    assert 3 <= unsent <= 6  # the bounded buffer, plus the batch being attempted (at most 3)
+
+    unsent, _ = load_unsent(run_dir)
+    assert sorted((m.step, m.value) for m in unsent.metrics) == [(step, float(step)) for step in range(1, 11)]
+
+
+def test_a_server_down_at_the_start_costs_one_warning_and_a_sync_delivers_everything_once(
+    tmp_path, server, caplog, capsys
+):
+    """The server is down when the run starts: it trains offline; `tracking sync` then creates the run and
+    sends its config, metrics, tags and end status; a second sync sends nothing."""
+    run_dir = tmp_path / "run"
+    url = server.url.replace("http://", "http://alice:planted-pw@")
+    job = JobConfig(
+        train=TrainConfig(max_steps=3), mlflow=MlflowConfig(tracking_uri=url, experiment_name="offline")
+    )
+    update_run_json(run_dir, config=job.to_dict())
+    server.stop()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        tracker = RunTracker.open(job.mlflow, run_dir, "offline")
+    assert time.monotonic() - started < DOES_NOT_HANG_S
+    assert tracker.offline
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "http://alice:***@127.0.0.1" in warning and "planted-pw" not in warning
+    tracker.log_config(job.to_dict())
+    tracker.set_tags({"model_preset": "tiny"})
+    callback = tracker.callback()
+    for step in (1, 2, 3):
+        report(callback, step, loss=float(step))
+    assert callback.close() == 3
+    tracker.end("FINISHED")
+    assert "bert-pretrain tracking sync" in capsys.readouterr().out
+
+    server.start()
+    assert main(["tracking", "sync", str(run_dir), "--tracking-uri", url]) == 0
+    assert main(["tracking", "sync", str(run_dir), "--tracking-uri", url]) == 0
+    first, second = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("Sent 3 metrics") and "planted-pw" not in first
+    assert second.startswith("Nothing to send")
+
+    client = MlflowClient(server.url)
+    run = client.get_run(read_run_json(run_dir)["mlflow_run_id"])
+    assert history(client, run.info.run_id, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert (run.info.status, run.data.tags["model_preset"]) == ("FINISHED", "tiny")
+    assert run.data.params["mlflow.tracking_uri"] == "http://alice:***@" + server.url.removeprefix("http://")
+    assert load_unsent(str(run_dir)) == (Unsent(), [])
+
+
+def test_a_batch_the_server_took_before_it_stopped_answering_is_not_sent_twice(tmp_path, sqlite_config):
+    """What the run already has is left out of the unsent records; of a step recorded twice, the first."""
+    run_dir = tmp_path / "run"
+    first = RunTracker.open(sqlite_config, run_dir, "twice")
+    callback = first.callback()
+    report(callback, 1, loss=1.0)
+    report(callback, 2, loss=2.0)
+    callback.close()
+    # The last batch reached the store, but the answer did not: its metrics were kept as unsent as well.
+    taken = [Metric("loss", 1.0, 0, 1), Metric("loss", 2.0, 0, 2), Metric("loss", 3.0, 0, 3)]
+    save_unsent(str(run_dir), Unsent(taken))
+    save_unsent(str(run_dir), Unsent([Metric("loss", 33.0, 0, 3), Metric("loss", 4.0, 0, 4)]))
+
+    second = RunTracker.open(sqlite_config, run_dir, "twice")
+    assert second.run_id == first.run_id
+    client = MlflowClient(second.tracking_uri)
+    assert history(client, first.run_id, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+    assert load_unsent(str(run_dir)) == (Unsent(), [])
 
 
 @pytest.mark.parametrize("status", ["FINISHED", "FAILED", "KILLED"])

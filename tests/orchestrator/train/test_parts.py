@@ -97,9 +97,9 @@ def test_resources_that_can_never_be_met_are_named():
     elastic = ScalingConfig(num_workers=8, min_workers=2, cpus_per_worker=0.5, data_cpus=1)
     check_resources(elastic, {"CPU": 2.0}, [node])  # the fewest workers fit; Ray Train adds more as they fit
     check_resources(ScalingConfig(num_workers=2, cpus_per_worker=0.5, data_cpus=1), {"CPU": 2.0}, [node])
-    with pytest.raises(UserError, match=r"missing 3 CPU \(the cluster has 2\)"):
+    with pytest.raises(UserError, match=r"missing 1 CPU \(it needs 3, the cluster has 2\)"):
         check_resources(ScalingConfig(num_workers=2, cpus_per_worker=1, data_cpus=1), {"CPU": 2.0}, [node])
-    with pytest.raises(UserError, match=r"missing 1 GPU \(the cluster has 0\)") as error:
+    with pytest.raises(UserError, match=r"missing 1 GPU \(it needs 1, the cluster has 0\)") as error:
         check_resources(
             ScalingConfig(num_workers=1, use_gpu=True, cpus_per_worker=1, data_cpus=0), {"CPU": 2.0}, [node]
         )

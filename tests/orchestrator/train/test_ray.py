@@ -147,8 +147,8 @@ def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(first_run, resu
 @pytest.mark.parametrize(
     ("scaling", "missing"),
     [
-        ({"num_workers": 2, "cpus_per_worker": 4}, "missing 9 CPU (the cluster has 2)"),
-        ({"num_workers": 1, "use_gpu": True}, "missing 1 GPU (the cluster has 0)"),
+        ({"num_workers": 2, "cpus_per_worker": 4}, "missing 7 CPU (it needs 9, the cluster has 2)"),
+        ({"num_workers": 1, "use_gpu": True}, "missing 1 GPU (it needs 1, the cluster has 0)"),
     ],
 )
 def test_resources_that_can_never_be_met_are_refused_quickly(tmp_path, prepared_corpus, scaling, missing):

@@ -1,0 +1,113 @@
+"""What `train` refuses before Ray Train starts: prepared data it did not make (left byte for byte as it was),
+and settings every worker would fail on; and a worker error that no restart can cure, which ends the run at
+the first failure instead of after `checkpoint.max_failures` restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+import data
+from data import PrepareConfig, TokenizerConfig
+from model import BertConfig, BertForPreTraining
+from orchestrator.errors import UserError
+from orchestrator.train.checkpoints import (
+    OPTIMIZER_FILE,
+    TrainState,
+    checkpoint_dir_name,
+    rng_state,
+    save_checkpoint,
+)
+from orchestrator.train.driver import train
+from orchestrator.train.optim import build_optimizer, build_scheduler
+from orchestrator.train.preflight import PREPARED_MARKER_FILE, ensure_prepared_data
+from tests.orchestrator.conftest import make_job, write_corpus
+from tests.orchestrator.reports import FailureRecorder
+
+REFUSED_WITHIN_S = 60  # a "no Ray Train, no retries" bound on a loaded 2-core machine
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def foreign_prepared(tmp_path_factory, ray_session) -> Path:
+    """Data prepared by `prepare` (not `train`) from another corpus, with another tokenizer."""
+    root = tmp_path_factory.mktemp("foreign")
+    corpus = [str(write_corpus(root / "other.txt", documents=40, seed=7))]
+    data.train_tokenizer(corpus, str(root / "tokenizer"), TokenizerConfig(vocab_size=150, min_frequency=1))
+    data.prepare(corpus, str(root / "tokenizer"), str(root / "prepared"), PrepareConfig(max_seq_length=48))
+    return root / "prepared"
+
+
+def test_prepared_data_that_train_did_not_make_is_refused_and_left_as_it_was(
+    tmp_path, prepared_corpus, foreign_prepared
+):
+    before = checksums(foreign_prepared)
+    job = make_job(tmp_path, {**prepared_corpus["data"], "prepared_dir": str(foreign_prepared)})
+    started = time.monotonic()
+    with pytest.raises(UserError) as error:
+        train(job)
+    assert time.monotonic() - started < REFUSED_WITHIN_S
+    message = str(error.value)
+    assert "holds prepared data that this run did not make" in message
+    assert "max_seq_length 48 there, 32 here" in message
+    assert "made with another tokenizer than the one in" in message
+    assert "made from corpus" in message
+    assert "Set data.prepared_dir to another folder" in message and "data.rebuild=true" in message
+    assert checksums(foreign_prepared) == before
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_rebuild_replaces_it_with_this_runs_data(tmp_path, prepared_corpus, foreign_prepared):
+    copy = tmp_path / "prepared"
+    data.storage.copy_dir(str(foreign_prepared), str(copy))
+    job = make_job(tmp_path, {**prepared_corpus["data"], "prepared_dir": str(copy), "rebuild": True})
+    manifest = ensure_prepared_data(job)
+    assert manifest.settings.max_seq_length == 32
+    assert manifest.tokenizer_hash == data.tokenizer_hash(prepared_corpus["data"]["tokenizer_dir"])
+    assert (copy / PREPARED_MARKER_FILE).is_file()
+    # Made by `train` now: a change of settings rebuilds it without asking again.
+    job = make_job(
+        tmp_path, {**prepared_corpus["data"], "prepared_dir": str(copy), "prepare": {"max_seq_length": 24}}
+    )
+    assert ensure_prepared_data(job).settings.max_seq_length == 24
+
+
+def test_a_sequence_longer_than_the_models_positions_is_refused_before_anything_is_built(
+    tmp_path, prepared_corpus
+):
+    settings = {**prepared_corpus["data"], "prepared_dir": str(tmp_path / "prepared")}
+    job = make_job(tmp_path, {**settings, "prepare": {"max_seq_length": 100_000}})
+    started = time.monotonic()
+    with pytest.raises(
+        UserError, match=r"max_seq_length=100000 is longer than model preset 'tiny' has positions \(512\)"
+    ):
+        train(job)
+    assert time.monotonic() - started < REFUSED_WITHIN_S
+    assert not (tmp_path / "prepared").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_damaged_inside_fails_the_run_once_naming_the_file(tmp_path, prepared_corpus):
+    """The sizes match, so only loading it finds the damage: in every worker, at every restart."""
+    job = make_job(tmp_path, prepared_corpus["data"], checkpoint={"max_failures": 3})
+    vocab_size = data.load_manifest(job.data.prepared_dir).vocab_size
+    model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=vocab_size))
+    optimizer = build_optimizer(model, job.optim)
+    directory = Path(job.checkpoint.storage_path, job.checkpoint.run_name, checkpoint_dir_name(2))
+    scheduler = build_scheduler(optimizer, job.optim, 4)
+    save_checkpoint(directory, model, optimizer, scheduler, TrainState(step=2), [rng_state()], job.to_dict())
+    optimizer_file = directory / OPTIMIZER_FILE
+    optimizer_file.write_bytes(b"\0" * optimizer_file.stat().st_size)
+
+    with pytest.raises(UserError, match="checkpoint checkpoint_000000002: optimizer.pt cannot be read"):
+        train(job, callbacks=[FailureRecorder(tmp_path / "failures.jsonl")])
+    assert len((tmp_path / "failures.jsonl").read_text().splitlines()) == 1  # no restart
