@@ -10,6 +10,7 @@ import pytest
 import ray
 import ray.cloudpickle
 import torch
+import transformers
 
 from data import load_tokenizer
 from model import BertConfig, BertForPreTraining
@@ -116,3 +117,28 @@ def copy_tokenizer_files(tokenizer_dir: str, model_dir: Path) -> None:
     """The tokenizer files a run's final/ folder holds, as `export_final` copies them."""
     for name in TOKENIZER_FILES:
         shutil.copy(f"{tokenizer_dir}/{name}", model_dir / name)
+
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = sorted({w for phrase in SUBJECTS + VERBS + OBJECTS + PLACES for w in phrase.split()} | {"."})
+VOCAB = SPECIALS + WORDS
+DONOR_SHAPE = {"num_hidden_layers": 3, "hidden_size": 96, "num_attention_heads": 4, "intermediate_size": 160}
+HF_CLASSES = {
+    "BertModel": transformers.BertModel,
+    "BertForMaskedLM": transformers.BertForMaskedLM,
+    "BertForPreTraining": transformers.BertForPreTraining,
+}
+
+
+def save_donor(
+    directory: Path, kind: str = "BertForPreTraining", padded_rows: int = 0, seed: int = 0
+) -> Path:
+    """A random transformers BERT of DONOR_SHAPE and its tokenizer (vocab.txt -> BertTokenizerFast files)."""
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=len(VOCAB) + padded_rows, max_position_embeddings=64, **DONOR_SHAPE
+    )
+    HF_CLASSES[kind](config).save_pretrained(directory)
+    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    transformers.BertTokenizerFast.from_pretrained(directory).save_pretrained(directory)
+    return directory

@@ -21,31 +21,15 @@ from orchestrator.run_dir import read_run_json
 from orchestrator.train.checkpoints import init_weights_from
 from orchestrator.train.driver import resolve_job, train
 from orchestrator.train.init_from import adopt_donor, model_config, read_donor
-from tests.orchestrator.conftest import OBJECTS, PLACES, SUBJECTS, VERBS, write_corpus
-
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = sorted({w for phrase in SUBJECTS + VERBS + OBJECTS + PLACES for w in phrase.split()} | {"."})
-VOCAB = SPECIALS + WORDS
-DONOR_SHAPE = {"num_hidden_layers": 3, "hidden_size": 96, "num_attention_heads": 4, "intermediate_size": 160}
-HF_CLASSES = {
-    "BertModel": transformers.BertModel,
-    "BertForMaskedLM": transformers.BertForMaskedLM,
-    "BertForPreTraining": transformers.BertForPreTraining,
-}
-
-
-def save_donor(
-    directory: Path, kind: str = "BertForPreTraining", padded_rows: int = 0, seed: int = 0
-) -> Path:
-    """A random transformers BERT of DONOR_SHAPE and its tokenizer (vocab.txt -> BertTokenizerFast files)."""
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=len(VOCAB) + padded_rows, max_position_embeddings=64, **DONOR_SHAPE
-    )
-    HF_CLASSES[kind](config).save_pretrained(directory)
-    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    transformers.BertTokenizerFast.from_pretrained(directory).save_pretrained(directory)
-    return directory
+from tests.orchestrator.conftest import (
+    DONOR_SHAPE,
+    HF_CLASSES,
+    SPECIALS,
+    VOCAB,
+    WORDS,
+    save_donor,
+    write_corpus,
+)
 
 
 def continue_job(root: Path, donor: Path, **sections: dict):

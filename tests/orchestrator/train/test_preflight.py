@@ -24,7 +24,7 @@ from orchestrator.train.checkpoints import (
 from orchestrator.train.driver import train
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.preflight import PREPARED_MARKER_FILE, ensure_prepared_data
-from tests.orchestrator.conftest import make_job, write_corpus
+from tests.orchestrator.conftest import make_job, save_donor, write_corpus
 from tests.orchestrator.reports import FailureRecorder
 
 REFUSED_WITHIN_S = 60  # a "no Ray Train, no retries" bound on a loaded 2-core machine
@@ -86,10 +86,18 @@ def test_a_sequence_longer_than_the_models_positions_is_refused_before_anything_
     tmp_path, prepared_corpus
 ):
     settings = {**prepared_corpus["data"], "prepared_dir": str(tmp_path / "prepared")}
-    job = make_job(tmp_path, {**settings, "prepare": {"max_seq_length": 100_000}})
+    with pytest.raises(UserError, match="max_seq_length is 100000; use 8 to 512"):  # no preset has more
+        make_job(tmp_path, {**settings, "prepare": {"max_seq_length": 100_000}})
+    donor = save_donor(tmp_path / "donor")  # 64 positions
+    job = make_job(
+        tmp_path,
+        {**settings, "tokenizer_dir": "", "prepare": {"max_seq_length": 128}},
+        model={"preset": "auto"},
+        checkpoint={"init_from": str(donor)},
+    )
     started = time.monotonic()
     with pytest.raises(
-        UserError, match=r"max_seq_length=100000 is longer than model preset 'tiny' has positions \(512\)"
+        UserError, match=r"max_seq_length=128 is longer than --init-from .*donor has positions \(64\)"
     ):
         train(job)
     assert time.monotonic() - started < REFUSED_WITHIN_S
