@@ -45,8 +45,6 @@ class TrainState:
     """Global batches of that epoch already consumed."""
     world_size: int = 1
     """Workers of the run that wrote the checkpoint (a resume may use another count)."""
-    resumed: bool = False
-    """Whether this worker started from a checkpoint (not saved: set on load)."""
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -79,7 +77,7 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
     torch.save(rng_states, directory / RNG_FILE)
-    saved = {k: v for k, v in dataclasses.asdict(state).items() if k != "resumed"}
+    saved = dataclasses.asdict(state)
     (directory / TRAIN_STATE_FILE).write_text(json.dumps({**saved, "config": job_config}, indent=2))
 
 
@@ -102,7 +100,7 @@ def load_checkpoint(
         set_rng_state(rng_states[rank])
     saved = json.loads((directory / TRAIN_STATE_FILE).read_text())
     fields = {f.name for f in dataclasses.fields(TrainState)}
-    return TrainState(**{k: v for k, v in saved.items() if k in fields}, resumed=True)
+    return TrainState(**{k: v for k, v in saved.items() if k in fields})
 
 
 def read_train_state(directory: Path) -> dict[str, Any]:

@@ -13,14 +13,15 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.constants import HEALTH_CHECK_INTERVAL_S_ENV_VAR
 
 import data
 from data import storage
@@ -31,7 +32,7 @@ from orchestrator.errors import UserError
 from orchestrator.run_dir import update_run_json
 from orchestrator.tracking.run import RunTracker, ray_job_tags
 from orchestrator.train.checkpoints import check_init_from, export_final, read_train_state
-from orchestrator.train.loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
+from orchestrator.train.loop import RunPlan, epoch_order, train_worker
 from orchestrator.train.resources import check_resources, plan_batches, ray_worker_count
 
 TOKENIZER_SETTINGS_FILE = "bert_pretrain_tokenizer.json"  # written beside a tokenizer that `train` built
@@ -83,7 +84,8 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     if job.checkpoint.init_from:
         check_init_from(job.checkpoint.init_from)
     manifest = ensure_prepared_data(job)
-    plan = plan_run(job, manifest, plan_batch)
+    splits = load_splits(job, manifest)
+    plan = plan_run(job, manifest, plan_batch, splits["train_split"])
     run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
     resolved = job.to_dict()
     update_run_json(run_dir, config=resolved, plan=plan.to_dict())
@@ -92,7 +94,7 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     try:
         tracker.log_config(resolved)
         tracker.set_tags(_run_tags(job, manifest))
-        trainer = build_trainer(job, plan, [tracker.callback(), *callbacks])
+        trainer = build_trainer(job, plan, splits, [tracker.callback(), *callbacks])
         result = trainer.fit()
         final_dir = storage.join(run_dir, "final")
         with (
@@ -153,22 +155,24 @@ def ensure_prepared_data(job: JobConfig) -> data.Manifest:
         raise UserError(str(error)) from None
 
 
-def plan_run(job: JobConfig, manifest: data.Manifest, batch) -> RunPlan:
+def load_splits(job: JobConfig, manifest: data.Manifest) -> dict[str, data.PreparedSplit | None]:
+    """The training split and, when the run evaluates, the held-out one: shards, sizes, masking vocabulary
+    (the manifest and tokenizer read once, here, for every rank)."""
+    try:
+        train_split = data.load_split(job.data.prepared_dir, "train")
+        evaluates = job.train.eval_every > 0 and manifest.counts["examples"].get("eval", 0) > 0
+        eval_split = data.load_split(job.data.prepared_dir, "eval") if evaluates else None
+    except data.DataError as error:
+        raise UserError(str(error)) from None
+    return {"train_split": train_split, "eval_split": eval_split}
+
+
+def plan_run(job: JobConfig, manifest: data.Manifest, batch, train_split: data.PreparedSplit) -> RunPlan:
     """Steps, epochs and sizes from the config and the prepared data."""
-    train_examples = manifest.counts["examples"]["train"]
-    # Ray Train splits an epoch into equal shards, dropping up to (workers - 1) examples. With uneven shares
-    # (an elastic run) a rank may need one of those in the last step: plan the epoch without them.
-    scaling = job.scaling
-    uneven = any(
-        job.train.global_batch_size % n for n in range(scaling.fewest_workers, scaling.num_workers + 1)
-    )
-    usable = train_examples - (scaling.num_workers - 1 if uneven else 0)
-    steps_per_epoch = usable // job.train.global_batch_size
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"the prepared data has {train_examples} training examples, fewer than one global batch "
-            f"(train.global_batch_size={job.train.global_batch_size}): use a bigger corpus or a smaller batch"
-        )
+    try:
+        steps_per_epoch = epoch_order(job, train_split).steps_per_epoch
+    except data.DataError as error:
+        raise UserError(f"{error} (train.global_batch_size={job.train.global_batch_size})") from None
     if job.train.max_steps is not None:
         total_steps = job.train.max_steps
     else:  # a token budget, in steps of the prepared data's mean example length
@@ -181,33 +185,33 @@ def plan_run(job: JobConfig, manifest: data.Manifest, batch) -> RunPlan:
         vocab_size=manifest.vocab_size,
         pad_token_id=manifest.special_token_ids["pad"],
         max_seq_length=manifest.settings.max_seq_length,
-        has_eval=manifest.counts["examples"].get("eval", 0) > 0,
     )
 
 
-def build_trainer(job: JobConfig, plan: RunPlan, callbacks: Sequence[ray.train.UserCallback]) -> TorchTrainer:
+def build_trainer(
+    job: JobConfig,
+    plan: RunPlan,
+    splits: dict[str, data.PreparedSplit | None],
+    callbacks: Sequence[ray.train.UserCallback],
+) -> TorchTrainer:
+    """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the splits
+    and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build the
+    iterators in the controller before that, and Ray's default split passes every block through one
+    coordinator actor)."""
     scaling = job.scaling
-    num_epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
-    prepared = job.data.prepared_dir
-    # The workers' metrics show progress; Ray Data's per-epoch progress bars would flood the driver's log.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    # One dataset per epoch, each masked with its own epoch's seed; Ray Data builds them lazily, so only the
-    # epochs the workers ask for are ever read.
-    datasets = {
-        train_dataset_name(epoch): data.build_train_dataset(
-            prepared, job.masking, job.train.seed, epoch=epoch
-        )
-        for epoch in range(num_epochs)
-    }
-    if plan.has_eval and job.train.eval_every:
-        datasets[EVAL_DATASET] = data.build_train_dataset(prepared, job.masking, job.train.seed, split="eval")
+    # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
+    # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
+    # often, but keep a big run's controller under about 1,000 worker polls a second (a user's setting wins).
+    poll_s = max(0.25, scaling.num_workers / 1000)
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, f"{poll_s:g}")
     return TorchTrainer(
         train_worker,
-        train_loop_config={"job": job.to_dict(), "plan": plan.to_dict()},
+        train_loop_config={"job": job.to_dict(), "plan": plan.to_dict(), **splits},
         scaling_config=ray.train.ScalingConfig(
             num_workers=ray_worker_count(scaling, ray.cluster_resources()),
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+            elastic_resize_monitor_interval_s=scaling.elastic_check_s,
         ),
         run_config=ray.train.RunConfig(
             name=job.checkpoint.run_name,
@@ -216,7 +220,6 @@ def build_trainer(job: JobConfig, plan: RunPlan, callbacks: Sequence[ray.train.U
             failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
             callbacks=list(callbacks),
         ),
-        datasets=datasets,
     )
 
 

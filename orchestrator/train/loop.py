@@ -10,21 +10,23 @@ the whole global batch (all micro-steps, all ranks), the NSP loss likewise by th
 averages gradients over ranks, so each rank backpropagates its loss times the world size. The update is then
 exactly that of one big batch, whatever the worker count and accumulation.
 
-Data position: each epoch of the stream is its own dataset (`train_epoch_<e>`, masked with that epoch's
-seed), split over the workers by Ray Train. An epoch gives `steps_per_epoch` global batches (its tail, fewer
-than one global batch, is skipped), so the position after step s is (s // steps_per_epoch, s %
-steps_per_epoch) for any worker count. What a resume restores exactly: the step, the samples consumed, the
-epoch and its masks, the optimizer, scheduler and RNG. What it approximates: within a partly consumed epoch,
-each rank skips the first batches of its new shard; Ray Data's streaming split hands out blocks dynamically,
-so the skipped examples are that many examples of the epoch, not necessarily the very ones seen before.
+Data: each rank executes its own Ray Data stream of its fixed slice of every global batch (`data.stream`,
+`data.order`), from the saved position to the last step, across epochs; the global batch of step s, its
+examples and their masks, is a function of (seed, epoch, s) alone. An epoch gives `steps_per_epoch` global
+batches, so the position after step s is (s // steps_per_epoch, s % steps_per_epoch) for any worker count,
+and a resume (after a failure, a restart, or with another worker count) reads exactly the examples the run
+would have read. Evaluation gives each rank a contiguous slice of the held-out split.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -39,7 +41,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data import ExactBatches, PadAndCollate, make_collate_fn
+from data import (
+    EpochOrder,
+    ExactBatches,
+    PadAndCollate,
+    PreparedSplit,
+    make_collate_fn,
+    rank_eval_stream,
+    rank_train_stream,
+    storage,
+)
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining, compile_model
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.train.checkpoints import (
@@ -52,12 +63,18 @@ from orchestrator.train.checkpoints import (
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.resources import BatchPlan, plan_batches
 
-EVAL_DATASET = "eval"
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
 
 
-def train_dataset_name(epoch: int) -> str:
-    return f"train_epoch_{epoch}"
+def epoch_order(job: JobConfig, train_split: PreparedSplit) -> EpochOrder:
+    """The run's data order (the same on the driver and on every rank)."""
+    return EpochOrder(
+        train_split.shard_sizes,
+        job.train.global_batch_size,
+        job.stream.partitions,
+        job.stream.shuffle_window,
+        job.train.seed,
+    )
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,6 @@ class RunPlan:
     vocab_size: int
     pad_token_id: int
     max_seq_length: int
-    has_eval: bool
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,9 +97,11 @@ class RunPlan:
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's `train_loop_per_worker`: `loop_config` holds the resolved job config and the run plan."""
+    """Ray Train's `train_loop_per_worker`: `loop_config` holds the resolved job config, the run plan and
+    the prepared splits."""
     job, plan = config_from_dict(loop_config["job"]), RunPlan.from_dict(loop_config["plan"])
-    quiet_ray_train_reports()
+    train_split, eval_split = loop_config["train_split"], loop_config["eval_split"]
+    quiet_ray_console()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -101,14 +119,29 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     collate_fn = make_collate_fn(job.masking, plan.max_seq_length, plan.pad_token_id)
     # Ray Train may start an elastic run with fewer workers than planned: split for the actual count.
     batch = plan_batches(job.train.global_batch_size, job.train.micro_batch_size, world_size, uneven=True)
-    step_batches = iterate_step_batches(plan, batch, state, rank, collate_fn, device)
+    stream = rank_train_stream(
+        train_split,
+        epoch_order(job, train_split),
+        job.masking,
+        rank,
+        world_size,
+        state.data_epoch,
+        state.data_step_in_epoch,
+        plan.total_steps - state.step,
+    )
+    step_batches = iterate_step_batches(stream, batch, rank, collate_fn, device)
+    evaluation = None
+    if eval_split is not None:
+        evaluation = rank_eval_stream(eval_split, job.masking, job.train.seed, rank, world_size)
     window = MetricsWindow(device)
     while state.step < plan.total_steps:
         micro_batches = next(step_batches)
         inject_failure_if_due(job, state, rank, world_size)
         window.add(train_step(ddp_model, model, optimizer, scheduler, micro_batches, job, world_size))
         state = advance(state, plan, world_size)
-        report_if_due(job, plan, state, window, model, optimizer, scheduler, collate_fn, device, rank)
+        report_if_due(
+            job, plan, state, window, model, optimizer, scheduler, evaluation, collate_fn, device, rank
+        )
 
 
 def build_model_and_optimizer(
@@ -148,33 +181,37 @@ def restore_state(
 
 
 def iterate_step_batches(
-    plan: RunPlan,
-    batch: BatchPlan,
-    state: TrainState,
-    rank: int,
-    collate: PadAndCollate,
-    device: torch.device,
+    stream, batch: BatchPlan, rank: int, collate: PadAndCollate, device: torch.device
 ) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """This worker's micro-batches, one list per optimizer step, from the saved position onwards."""
-    epoch, step_in_epoch = state.data_epoch, state.data_step_in_epoch
-    while True:
-        shard = ray.train.get_dataset_shard(train_dataset_name(epoch))  # a barrier: all ranks move together
-        rows = ExactBatches(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
-        with contextlib.closing(rows):  # stops the epoch's prefetching when its tail is left unread
-            for step in range(step_in_epoch):  # resume inside an epoch: skip what was consumed
-                rows.take(batch.worker_batch_size(rank, step))
-            for step in range(step_in_epoch, plan.steps_per_epoch):
-                sizes = batch.micro_batch_sizes(rank, step)
-                yield [_to_device(collate.collate_table(rows.take(size)), device) for size in sizes]
-        epoch, step_in_epoch = epoch + 1, 0
+    """This worker's micro-batches, one list per optimizer step, from its Ray Data stream (a Dataset of its
+    rows in step order, which the worker executes itself)."""
+    sizes = batch.micro_batch_sizes(rank)
+    rows = ExactBatches(stream.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
+    with contextlib.closing(rows):  # stops the stream's prefetching when the run ends early
+        while True:
+            yield [_to_device(collate.collate_table(rows.take(size)), device) for size in sizes]
+
+
+FAULT_MARKER_FILE = "injected_fault.json"
 
 
 def inject_failure_if_due(job: JobConfig, state: TrainState, rank: int, world_size: int) -> None:
-    """Fault injection for tests: one rank raises at `train.fail_at_step`, only in a run not yet resumed
-    (so the run recovers once it has a checkpoint to restart from)."""
+    """Fault injection for tests: at `train.fail_at_step` one rank's process is killed with SIGKILL (no
+    exception, no cleanup, as when its machine dies), once per run: a marker written to the run directory
+    first records it, so that the restart (which may go back further than the last checkpoint reported,
+    when Ray Train had not yet read that report) does not kill again."""
     failing_rank = 1 if world_size > 1 else 0
-    if job.train.fail_at_step == state.step + 1 and rank == failing_rank and not state.resumed:
-        raise RuntimeError(f"injected failure at step {state.step + 1} on rank {rank} (train.fail_at_step)")
+    if job.train.fail_at_step != state.step + 1 or rank != failing_rank:
+        return
+    marker = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name, FAULT_MARKER_FILE)
+    if storage.is_file(marker):
+        return
+    storage.write_text(marker, json.dumps({"step": state.step + 1, "rank": rank, "pid": os.getpid()}))
+    sys.stderr.write(
+        f"train.fail_at_step: killing rank {rank} (pid {os.getpid()}) at step {state.step + 1}\n"
+    )
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_step(
@@ -299,15 +336,19 @@ def report_if_due(
     model: BertForPreTraining,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    evaluation,
     collate_fn,
     device: torch.device,
     rank: int,
 ) -> None:
-    """On a logging, evaluation or checkpoint step (the same steps on every rank), one `ray.train.report`."""
+    """On a logging, evaluation or checkpoint step (the same steps on every rank), one `ray.train.report`.
+    `evaluation` is this rank's held-out stream, or None."""
     is_last = state.step == plan.total_steps
     log_due = state.step % job.train.log_every == 0 or is_last
     eval_due = (
-        plan.has_eval and job.train.eval_every > 0 and (state.step % job.train.eval_every == 0 or is_last)
+        evaluation is not None
+        and job.train.eval_every > 0
+        and (state.step % job.train.eval_every == 0 or is_last)
     )
     checkpoint_due = state.step % job.checkpoint.every == 0 or is_last
     if not (log_due or eval_due or checkpoint_due):
@@ -320,7 +361,7 @@ def report_if_due(
     if log_due:
         metrics.update(window.read(), param_norm=_param_norm(model))
     if eval_due:
-        metrics.update(evaluate(model, plan, collate_fn, device))
+        metrics.update(evaluate(model, plan, evaluation, collate_fn, device))
     if rank == 0:  # not print(): Ray Train patches it to log each line twice
         sys.stdout.write(progress_line(metrics, plan.total_steps) + "\n")
         sys.stdout.flush()
@@ -352,20 +393,27 @@ def progress_line(metrics: dict[str, Any], total_steps: int) -> str:
     return "  |  ".join(parts)
 
 
-def quiet_ray_train_reports() -> None:
-    """Ray Train logs every report of every rank at INFO, a long line each; `progress_line` says it once."""
+def quiet_ray_console() -> None:
+    """Ray Train logs every report of every rank at INFO, a long line each (`progress_line` says it once),
+    and Ray Data notes each stream it starts and ends: keep those in Ray's log files, off the console."""
+    from ray.data._internal.logging import SessionFileHandler
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):
+            handler.setLevel(logging.ERROR)
 
 
-def evaluate(model: BertForPreTraining, plan: RunPlan, collate_fn, device: torch.device) -> dict[str, float]:
-    """MLM loss, perplexity and accuracy, and NSP accuracy over the held-out split (each rank its shard)."""
-    shard = ray.train.get_dataset_shard(EVAL_DATASET)
+def evaluate(
+    model: BertForPreTraining, plan: RunPlan, evaluation, collate_fn, device: torch.device
+) -> dict[str, float]:
+    """MLM loss, perplexity and accuracy, and NSP accuracy over the held-out split (each rank its slice)."""
     sums = torch.zeros(5, device=device)  # mlm loss sum, mlm correct, mlm count, nsp correct, nsp count
     model.eval()
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=plan.batch.micro_batch_size, collate_fn=collate_fn):
+        batches = evaluation.iter_torch_batches(batch_size=plan.batch.micro_batch_size, collate_fn=collate_fn)
+        for batch in batches:
             with _autocast(device):
                 out = model(**_to_device(batch, device), mlm_normalizer=1.0, nsp_normalizer=1.0)
             values = (out.mlm_loss, out.mlm_correct, out.mlm_count, out.nsp_correct, out.nsp_count)
