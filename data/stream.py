@@ -161,15 +161,13 @@ def read_and_mask_steps(
 ) -> Iterator[pa.Table]:
     """Ray Data UDF: (epoch, first, stop) steps -> the masked rows of batch positions [start, stop) of those
     steps, step after step, in blocks of whole steps."""
-    steps_per_block = max(1, _BLOCK_ROWS // (stop - start))
+    block = max(1, _BLOCK_ROWS // (stop - start)) * (stop - start)
     for epoch, first, last in zip(
         *(units.column(c).to_pylist() for c in ("epoch", "first", "stop")), strict=True
     ):
-        indices = order.examples(epoch, first, last, start, stop).reshape(-1)
-        rows = mask_batch(read_examples(split, indices), order.seed, epoch, masking, split.vocab)
-        block = steps_per_block * (stop - start)
-        for offset in range(0, rows.num_rows, block):
-            yield rows.slice(offset, block)
+        rows = read_examples(split, order.examples(epoch, first, last, start, stop).reshape(-1))
+        for offset in range(0, rows.num_rows, block):  # masked a block at a time: the first leaves sooner
+            yield mask_batch(rows.slice(offset, block), order.seed, epoch, masking, split.vocab)
 
 
 def read_and_mask_range(
@@ -179,9 +177,9 @@ def read_and_mask_range(
     for first, last in zip(
         ranges.column("first").to_pylist(), ranges.column("stop").to_pylist(), strict=True
     ):
-        rows = mask_batch(read_examples(split, np.arange(first, last)), seed, 0, masking, split.vocab)
+        rows = read_examples(split, np.arange(first, last))
         for offset in range(0, rows.num_rows, _BLOCK_ROWS):
-            yield rows.slice(offset, _BLOCK_ROWS)
+            yield mask_batch(rows.slice(offset, _BLOCK_ROWS), seed, 0, masking, split.vocab)
 
 
 def read_examples(split: PreparedSplit, indices: np.ndarray) -> pa.Table:

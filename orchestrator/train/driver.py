@@ -202,7 +202,7 @@ def build_trainer(
     # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
     # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
     # often, but keep a big run's controller under about 1,000 worker polls a second (a user's setting wins).
-    poll_s = max(0.25, scaling.num_workers / 1000)
+    poll_s = max(0.1, scaling.num_workers / 1000)
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, f"{poll_s:g}")
     return TorchTrainer(
         train_worker,

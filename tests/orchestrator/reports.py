@@ -7,6 +7,7 @@ It runs in the Ray Train controller, another process, so it writes to a file the
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import ray.train
@@ -24,7 +25,7 @@ class ReportRecorder(ray.train.UserCallback):
 
     def _write(self, entry: dict) -> None:
         with open(self.path, "a") as file:
-            file.write(json.dumps(entry) + "\n")
+            file.write(json.dumps({**entry, "time": time.time()}) + "\n")
 
 
 def read_reports(path: str | Path) -> list[dict]:

@@ -17,7 +17,7 @@ from orchestrator.train.driver import train
 from tests.orchestrator.conftest import make_job
 from tests.orchestrator.reports import ReportRecorder, read_attempts, read_failures, read_reports
 
-GLOBAL_BATCH, STEPS_PER_EPOCH, STEPS = 32, 5, 14
+GLOBAL_BATCH, STEPS_PER_EPOCH, STEPS = 32, 5, 60
 FAULT_AT = (
     6  # after the checkpoint of step 4 (and step 5's report, which ensures Ray Train has that checkpoint)
 )
@@ -25,7 +25,7 @@ COMPARED = ("loss", "mlm_loss", "nsp_loss", "grad_norm", "param_norm")
 
 
 def same_batches_job(root: Path, prepared_corpus: dict, num_workers, **sections: dict) -> JobConfig:
-    """14 steps (2.8 epochs) without dropout, every step logged, a checkpoint every 4 steps."""
+    """60 steps (12 epochs) without dropout, every step logged, a checkpoint every 4 steps."""
     defaults = {
         "model": {"dropout": 0.0},
         "train": {"global_batch_size": GLOBAL_BATCH, "max_steps": STEPS},
@@ -50,13 +50,13 @@ def losses_by_step(reports: list[dict]) -> dict[int, dict]:
 @pytest.fixture(scope="session")
 def fault_run(tmp_path_factory, prepared_corpus) -> dict:
     """2 workers; the process of rank 1 is killed (SIGKILL) at step 6, after the checkpoint of step 4, and
-    Ray Train restarts both from it; evaluation every 4 steps."""
+    Ray Train restarts both from it; evaluation every 10 steps."""
     root = tmp_path_factory.mktemp("fault")
     job = same_batches_job(
         root,
         prepared_corpus,
         2,
-        train={"fail_at_step": FAULT_AT, "eval_every": 4},
+        train={"fail_at_step": FAULT_AT, "eval_every": 10},
         checkpoint={"max_failures": 1, "run_name": "fault"},
     )
     result = train(job, callbacks=[ReportRecorder(root / "reports.jsonl")])
