@@ -45,6 +45,7 @@ from data import (  # noqa: E402
     rank_train_stream,
     train_tokenizer,
 )
+from data.stream import mask_batch, read_examples  # noqa: E402
 from tests.data.conftest import make_documents, write_bert_corpus  # noqa: E402 (the data tests' corpus)
 
 CONSUMERS = (1, 4, 16)
@@ -109,6 +110,17 @@ def prepare_corpus(work: str, documents: int) -> str:
     return prepared
 
 
+def disk_and_masking(split) -> tuple[float, float]:
+    """(Parquet bytes per prepared example, examples/s `mask_batch` masks on this one thread)."""
+    indices = np.arange(split.num_examples)
+    rows = read_examples(split, indices)
+    began = time.perf_counter()
+    for offset in range(0, rows.num_rows, 8192):
+        mask_batch(rows.slice(offset, 8192), 0, 0, MaskingConfig(), split.vocab)
+    masking = rows.num_rows / (time.perf_counter() - began)
+    return sum(os.path.getsize(path) for path in split.shard_paths) / split.num_examples, masking
+
+
 def print_case(consumers: int, name: str, case: dict) -> None:
     median, p95, longest = case["wait_ms"]
     print(
@@ -138,10 +150,12 @@ def main() -> None:
             split = load_split(prepared)
             order = EpochOrder(split.shard_sizes, args.batch)
             steps = min(args.steps, order.steps_per_epoch)  # Ray's split is one epoch
+            bytes_per_example, masking = disk_and_masking(split)
             print(
-                f"{split.num_examples:,} examples of up to 128 tokens in {len(split.shard_paths)} shards; "
-                f"global batch {args.batch}, {steps} steps; 4 nodes of 2 CPUs on this machine's "
-                f"{os.cpu_count()} cores\n"
+                f"{split.num_examples:,} examples of up to 128 tokens in {len(split.shard_paths)} shards, "
+                f"{bytes_per_example:.0f} bytes each in Parquet; masking alone: {masking:,.0f} examples/s "
+                f"on one CPU\nglobal batch {args.batch}, {steps} steps; 4 nodes of 2 CPUs on this "
+                f"machine's {os.cpu_count()} cores\n"
             )
             print(
                 f"{'consumers':>9}  {'stream':<19} {'examples/s each':>15} {'in total':>9}  "

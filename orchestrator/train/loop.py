@@ -20,6 +20,7 @@ would have read. Evaluation gives each rank a contiguous slice of the held-out s
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -30,10 +31,10 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray.train
 import ray.train.torch
@@ -54,6 +55,7 @@ from data import (
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining, compile_model
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.train.checkpoints import (
+    TRAIN_STATE_FILE,
     TrainState,
     init_weights_from,
     load_checkpoint,
@@ -63,6 +65,7 @@ from orchestrator.train.checkpoints import (
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.resources import BatchPlan, plan_batches
 
+T = TypeVar("T")
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
 
 
@@ -109,9 +112,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(job.scaling.threads_per_worker)
     torch.manual_seed(job.train.seed)  # the same initial weights on every rank
 
+    checkpoint = ray.train.get_checkpoint()
+    rows = start_train_stream(job, plan, train_split, checkpoint, rank, world_size)  # first: see there
     model, optimizer, scheduler = build_model_and_optimizer(job, plan, device)
     torch.manual_seed(job.train.seed * 1000 + rank + 1)  # each rank its own dropout; a checkpoint restores it
-    state = restore_state(job, model, optimizer, scheduler, rank, world_size)
+    state = restore_state(job, checkpoint, model, optimizer, scheduler, rank, world_size)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     if job.model.compile:
         compile_model(model)
@@ -119,17 +124,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     collate_fn = make_collate_fn(job.masking, plan.max_seq_length, plan.pad_token_id)
     # Ray Train may start an elastic run with fewer workers than planned: split for the actual count.
     batch = plan_batches(job.train.global_batch_size, job.train.micro_batch_size, world_size, uneven=True)
-    stream = rank_train_stream(
-        train_split,
-        epoch_order(job, train_split),
-        job.masking,
-        rank,
-        world_size,
-        state.data_epoch,
-        state.data_step_in_epoch,
-        plan.total_steps - state.step,
-    )
-    step_batches = iterate_step_batches(stream, batch, rank, collate_fn, device)
+    step_batches = iterate_step_batches(rows, batch, rank, collate_fn, device)
     evaluation = None
     if eval_split is not None:
         evaluation = rank_eval_stream(eval_split, job.masking, job.train.seed, rank, world_size)
@@ -161,8 +156,43 @@ def build_model_and_optimizer(
     return model, optimizer, build_scheduler(optimizer, job.optim, plan.total_steps)
 
 
+def start_train_stream(
+    job: JobConfig,
+    plan: RunPlan,
+    train_split: PreparedSplit,
+    checkpoint: ray.train.Checkpoint | None,
+    rank: int,
+    world_size: int,
+) -> ExactBatches:
+    """This rank's rows from the checkpoint's position to the last step, already being fetched: a stream's
+    start (Ray Data tasks in new processes) takes seconds, and so does the model's (torch's first optimizer
+    imports its compiler), so the stream starts first and the two overlap."""
+    position = saved_position(checkpoint) if checkpoint else TrainState()
+    stream = rank_train_stream(
+        train_split,
+        epoch_order(job, train_split),
+        job.masking,
+        rank,
+        world_size,
+        position.data_epoch,
+        position.data_step_in_epoch,
+        plan.total_steps - position.step,
+    )
+    return ExactBatches(
+        fetch_ahead(stream.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
+    )
+
+
+def saved_position(checkpoint: ray.train.Checkpoint) -> TrainState:
+    """The position a checkpoint holds, read alone from where the checkpoint is stored."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{TRAIN_STATE_FILE}") as file:
+        saved = json.loads(file.read())
+    return TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState) if f.name in saved})
+
+
 def restore_state(
     job: JobConfig,
+    checkpoint: ray.train.Checkpoint | None,
     model: BertForPreTraining,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -171,7 +201,6 @@ def restore_state(
 ) -> TrainState:
     """Resume from the run's latest checkpoint (after a failure or a restart of the same run); else start
     from `checkpoint.init_from`'s weights, or from scratch."""
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             return load_checkpoint(Path(directory), model, optimizer, scheduler, rank)
@@ -180,13 +209,27 @@ def restore_state(
     return TrainState(world_size=world_size)
 
 
+def fetch_ahead(iterable: Iterable[T]) -> Iterator[T]:
+    """The items of `iterable`, the first fetched from now on, on a thread, while the caller goes on."""
+    iterator = iter(iterable)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    first = pool.submit(next, iterator, None)
+    pool.shutdown(wait=False)
+
+    def items() -> Iterator[T]:
+        item = first.result()
+        if item is not None:
+            yield item
+            yield from iterator
+
+    return items()
+
+
 def iterate_step_batches(
-    stream, batch: BatchPlan, rank: int, collate: PadAndCollate, device: torch.device
+    rows: ExactBatches, batch: BatchPlan, rank: int, collate: PadAndCollate, device: torch.device
 ) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """This worker's micro-batches, one list per optimizer step, from its Ray Data stream (a Dataset of its
-    rows in step order, which the worker executes itself)."""
+    """This worker's micro-batches, one list per optimizer step, cut from its stream's rows."""
     sizes = batch.micro_batch_sizes(rank)
-    rows = ExactBatches(stream.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
     with contextlib.closing(rows):  # stops the stream's prefetching when the run ends early
         while True:
             yield [_to_device(collate.collate_table(rows.take(size)), device) for size in sizes]

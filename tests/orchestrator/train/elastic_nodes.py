@@ -50,9 +50,12 @@ def worker_node_ids() -> set[str]:
 
 
 def main(prepared_corpus_json: str, root: str) -> None:
-    # Ray notices a lost or added node at its autoscaling coordinator's next tick (every 20 s); until then a
-    # restart may ask for the lost node's worker too and wait for it this long (60 s by default).
+    # Ray notices a lost or added node at its autoscaling coordinator's next tick (every 20 s). Until then
+    # a restart may ask for the lost node's worker too and wait for it (60 s by default, 10 here); and the
+    # 2 workers must go on long enough to see the added node: Ray Train reads a report a second here, so
+    # with a report every step the 60 steps take a minute.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "1"
     started = time.time()
     # The node's death is seen in about 2 s instead of Ray's 30.
     health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 2}
@@ -69,8 +72,6 @@ def main(prepared_corpus_json: str, root: str) -> None:
             Path(root),
             json.loads(prepared_corpus_json),
             (2, 3),
-            # Micro-batches of 2 make the steps slow enough to span Ray's reaction to the added node.
-            train={"micro_batch_size": 2},
             scaling={"cpus_per_worker": 3, "data_cpus": 2, "elastic_check_s": 1},
             checkpoint={"every": 2, "max_failures": 5, "run_name": "elastic"},
         )
