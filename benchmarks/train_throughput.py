@@ -6,9 +6,9 @@ torch thread per worker, the same global batch, reading the same prepared data t
 
 Tokens are non-padding tokens. For the runs, tokens/s is the steady state the workers report (every logging
 window after the first, which holds the start-up); the whole `fit` wall time, start-up included, is printed
-beside it. Targets: 1 worker >= 0.9x the bare loop; 2 workers >= 1.6x 1 worker (80% scaling efficiency).
-Two references bound the 2-worker figure on this machine: two bare loops at once on half batches (no
-communication: what the cores allow) and the same two as plain DDP processes (gloo, no Ray).
+beside it. Targets: 1 worker >= 0.95x the bare loop; 2 workers >= 0.95x the same two workers as plain DDP
+processes (gloo, no Ray), which with two bare loops at once on half batches (no communication: what the
+cores allow) bounds the 2-worker figure on this machine.
 
     .venv/bin/python benchmarks/train_throughput.py [--preset mini] [--seq 128] [--batch 32] [--steps 24]
 """
@@ -209,10 +209,9 @@ def main() -> None:
         f"Ray Train, 2 workers              {two:10.0f} tokens/s steady   ({two_whole:.0f} over the whole "
         f"{two_wall:.0f} s fit)"
     )
-    print(f"1 worker / bare loop    {one / bare:5.2f}x   (target >= 0.9)")
-    print(
-        f"2 workers / 1 worker    {two / one:5.2f}x   (target >= 1.6; the ceiling here {ceiling / bare:.2f}x)"
-    )
+    print(f"1 worker / bare loop        {one / bare:5.2f}x   (target >= 0.95)")
+    print(f"2 workers / 2 plain DDP     {two / plain_ddp:5.2f}x   (target >= 0.95)")
+    print(f"2 workers / 1 worker        {two / one:5.2f}x   (the ceiling here {ceiling / bare:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -114,3 +114,18 @@ def config_from_dict(cls: type, values: dict):
     """Build `cls` from a dict read back from JSON, ignoring keys this version does not know."""
     known = {f.name for f in fields(cls)}
     return cls(**{key: value for key, value in values.items() if key in known})
+
+
+@dataclass
+class StreamConfig:
+    partitions: int = 1024
+    """Canonical partitions of an epoch (at most the global batch): each rank reads only the partitions under
+    its share of the batch, so up to this many ranks never read a row twice. Part of the run's data order."""
+    shuffle_window: int = 4096
+    """Rows of a partition shuffled together; a rank's read task holds about this many rows per partition."""
+
+    def validate(self) -> None:
+        if self.partitions < 1:
+            raise DataError(f"stream partitions is {self.partitions}; use 1 or more (1024 suits any cluster)")
+        if self.shuffle_window < 1:
+            raise DataError(f"stream shuffle_window is {self.shuffle_window}; use 1 or more rows")

@@ -23,6 +23,9 @@ from data import storage
 from data.hashing import combine, stream_key
 
 SHARD_COLUMNS = ("example_id", "input_ids", "token_type_ids", "next_sentence_label")
+ROW_GROUP_ROWS = 4096
+"""A training stream's read task takes about `stream.shuffle_window` (4096) consecutive rows of a shard: in
+row groups of this size it reads those and little more, not the whole shard (65,536 rows by default)."""
 _FEISTEL_ROUNDS = 4
 
 
@@ -75,5 +78,7 @@ def write_shard(path: str, first_example_id: int, *buckets: pa.Table) -> int:
     assert ids[0] == first_example_id and (np.diff(ids) == 1).all(), "the shuffle lost or doubled examples"
     filesystem, inner_path = storage.resolve(path)
     filesystem.create_dir(posixpath.dirname(inner_path), recursive=True)
-    pq.write_table(table.select(list(SHARD_COLUMNS)), inner_path, filesystem=filesystem)
+    pq.write_table(
+        table.select(list(SHARD_COLUMNS)), inner_path, filesystem=filesystem, row_group_size=ROW_GROUP_ROWS
+    )
     return table.num_rows

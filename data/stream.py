@@ -1,14 +1,21 @@
-"""The training stream: prepared shards -> Ray Data `map_batches` masking -> padded torch batches.
+"""The training stream: prepared shards -> Ray Data reads and masks -> a rank's rows -> padded torch batches.
 
-`build_train_dataset` gives unpadded rows (each example its own length); `make_collate_fn` pads a batch of
-them for `iter_torch_batches` into the batch schema of DESIGN.md, to the longest example of the batch or to
-`max_seq_length`. The trainer cuts its shard with `ExactBatches` (its shares of a global batch may differ by
-one example) and pads each cut with the same collate function's `collate_table`.
+Every rank of a run executes its own Ray Dataset (`rank_train_stream`): its read tasks run anywhere in the
+cluster (its own node first), each reading one window of the rank's slice of the epoch order
+(`data.order`), masking it and handing it over in step order, with Ray Data's prefetch and a bounded object
+store budget per rank. What a rank reads is fixed by the plan; no actor sits between the shards and the
+ranks. `rank_eval_stream` gives each rank a contiguous slice of the held-out split.
+
+`build_train_dataset` is the whole split in its written order (for `data inspect`, `eval` and tests).
+`make_collate_fn` pads a batch of unpadded rows into the batch schema of DESIGN.md, to the longest example of
+the batch or to `max_seq_length`; the trainer cuts its rows with `ExactBatches` and pads each cut with the
+collate function's `collate_table`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -22,9 +29,16 @@ from data.config import MaskingConfig
 from data.errors import DataError
 from data.manifest import TOKENIZER_DIR, Manifest, load_manifest
 from data.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
+from data.order import EpochOrder, batch_slices
+from data.shards import shard_sizes
 from data.tokenizer import load_tokenizer, tokenizer_hash
 
 _READ_BATCH_ROWS = 8192
+_BLOCK_ROWS = 8192
+"""Rows of a block a rank's stream hands over (whole steps): a window's rows leave its task in pieces."""
+_EVAL_TASK_ROWS = 65536
+_RANK_STREAM_MEMORY = 512 * 1024**2
+"""Object store bytes one rank's stream may hold (blocks read ahead and not yet consumed)."""
 
 STREAM_COLUMNS = (
     "example_id",
@@ -34,8 +48,45 @@ STREAM_COLUMNS = (
     "mlm_labels",
     "next_sentence_label",
 )
-"""Rows of `build_train_dataset`. next_sentence_label is 0 = B follows A, 1 = random; the "mlm" objective
-writes 0 everywhere (and the model runs with NSP off)."""
+"""Rows of the streams. next_sentence_label is 0 = B follows A, 1 = random; the "mlm" objective writes 0
+everywhere (and the model runs with NSP off)."""
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    """What a stream needs to read and mask a split: its shards, their sizes and the masking vocabulary."""
+
+    shard_paths: tuple[str, ...]
+    shard_sizes: tuple[int, ...]
+    vocab: MaskingVocab
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.shard_sizes)
+
+
+def load_split(prepared_dir: str, split: str = "train") -> PreparedSplit:
+    """Read the manifest and the tokenizer copy of `prepared_dir` once (checked against each other)."""
+    manifest = load_manifest(prepared_dir)
+    if split not in manifest.shards:
+        raise DataError(
+            f"{prepared_dir} has no {split!r} split (it has {', '.join(manifest.shards)}); "
+            "prepare with --eval-fraction F > 0 for an eval split"
+        )
+    tokenizer_dir = storage.join(prepared_dir, TOKENIZER_DIR)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    _check_tokenizer(manifest, prepared_dir, tokenizer_dir, tokenizer)
+    vocab = MaskingVocab.from_tokenizer(tokenizer)
+    if len(vocab.is_special) < manifest.vocab_size:
+        raise DataError(f"the tokenizer copy in {prepared_dir} is damaged; run `bert-pretrain prepare` again")
+    paths = manifest.shards[split]
+    sizes = shard_sizes(manifest.counts["examples"][split], manifest.settings.examples_per_shard)
+    if len(sizes) != len(paths):
+        raise DataError(
+            f"{prepared_dir}'s manifest lists {len(paths)} {split} shards for {len(sizes)}; "
+            "run `bert-pretrain prepare` again"
+        )
+    return PreparedSplit(tuple(storage.join(prepared_dir, path) for path in paths), tuple(sizes), vocab)
 
 
 def check_tokenizer(prepared_dir: str, tokenizer_dir: str) -> None:
@@ -53,6 +104,108 @@ def _check_tokenizer(manifest: Manifest, prepared_dir: str, tokenizer_dir: str, 
         )
 
 
+def rank_train_stream(
+    split: PreparedSplit,
+    order: EpochOrder,
+    masking: MaskingConfig,
+    rank: int,
+    world_size: int,
+    epoch: int,
+    step: int,
+    num_steps: int,
+):
+    """Rank `rank`'s rows of the `num_steps` global batches from (epoch, step) on, as a Ray Dataset in step
+    order: its `batch_slices` share of each batch, masked with the batch's epoch."""
+    start, stop = batch_slices(order.global_batch_size, world_size)[rank]
+    units = [{"epoch": e, "first": a, "stop": b} for e, a, b in order.units(epoch, step, num_steps)]
+    kwargs = {"split": split, "order": order, "masking": masking, "start": start, "stop": stop}
+    return _rank_dataset(units, read_and_mask_steps, kwargs)
+
+
+def rank_eval_stream(split: PreparedSplit, masking: MaskingConfig, seed: int, rank: int, world_size: int):
+    """Rank `rank`'s contiguous slice of a held-out split, masked as epoch 0, as a Ray Dataset."""
+    start, stop = batch_slices(split.num_examples, world_size)[rank]
+    ranges = [
+        {"first": a, "stop": min(a + _EVAL_TASK_ROWS, stop)} for a in range(start, stop, _EVAL_TASK_ROWS)
+    ]
+    kwargs = {"split": split, "masking": masking, "seed": seed}
+    return _rank_dataset(ranges, read_and_mask_range, kwargs)
+
+
+def _rank_dataset(items: list[dict], udf, fn_kwargs: dict):
+    """One task per item, blocks out in the items' order. The process that iterates the dataset executes it
+    and submits its tasks, so Ray's scheduler places them on its node first, where the input items are."""
+    import ray.data
+
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        udf,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs=fn_kwargs,
+        # One task reading ahead of the one being consumed.
+        compute=ray.data.TaskPoolStrategy(size=min(2, max(1, len(items)))),
+    )
+    context = dataset.context  # the dataset's own copy
+    context.execution_options = ray.data.ExecutionOptions(
+        preserve_order=True,
+        verbose_progress=False,
+        resource_limits=ray.data.ExecutionResources(object_store_memory=_RANK_STREAM_MEMORY),
+    )
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    return dataset
+
+
+def read_and_mask_steps(
+    units: pa.Table, split: PreparedSplit, order: EpochOrder, masking: MaskingConfig, start: int, stop: int
+) -> Iterator[pa.Table]:
+    """Ray Data UDF: (epoch, first, stop) steps -> the masked rows of batch positions [start, stop) of those
+    steps, step after step, in blocks of whole steps."""
+    block = max(1, _BLOCK_ROWS // (stop - start)) * (stop - start)
+    for epoch, first, last in zip(
+        *(units.column(c).to_pylist() for c in ("epoch", "first", "stop")), strict=True
+    ):
+        rows = read_examples(split, order.examples(epoch, first, last, start, stop).reshape(-1))
+        for offset in range(0, rows.num_rows, block):  # masked a block at a time: the first leaves sooner
+            yield mask_batch(rows.slice(offset, block), order.seed, epoch, masking, split.vocab)
+
+
+def read_and_mask_range(
+    ranges: pa.Table, split: PreparedSplit, masking: MaskingConfig, seed: int
+) -> Iterator[pa.Table]:
+    """Ray Data UDF: (first, stop) example ranges -> their rows masked as epoch 0, in blocks."""
+    for first, last in zip(
+        ranges.column("first").to_pylist(), ranges.column("stop").to_pylist(), strict=True
+    ):
+        rows = read_examples(split, np.arange(first, last))
+        for offset in range(0, rows.num_rows, _BLOCK_ROWS):
+            yield mask_batch(rows.slice(offset, _BLOCK_ROWS), seed, 0, masking, split.vocab)
+
+
+def read_examples(split: PreparedSplit, indices: np.ndarray) -> pa.Table:
+    """The prepared rows of the examples at `indices` (positions in the split), in that order. Each shard is
+    opened once and only its row groups that hold a wanted row are read."""
+    shard_starts = np.concatenate([[0], np.cumsum(split.shard_sizes)])
+    shard_of = np.searchsorted(shard_starts, indices, side="right") - 1
+    by_shard = np.argsort(shard_of, kind="stable")
+    pieces = []
+    for shard in np.unique(shard_of):
+        local = indices[shard_of == shard] - shard_starts[shard]
+        filesystem, inner_path = storage.resolve(split.shard_paths[shard])
+        parquet = pq.ParquetFile(inner_path, filesystem=filesystem)
+        group_rows = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+        group_starts = np.concatenate([[0], np.cumsum(group_rows)])
+        group_of = np.searchsorted(group_starts, local, side="right") - 1
+        groups = np.unique(group_of)
+        table = parquet.read_row_groups(groups.tolist())
+        # Row r of group g sits after the rows of the groups read before g.
+        read_before = np.concatenate([[0], np.cumsum([group_rows[g] for g in groups])])
+        at = read_before[np.searchsorted(groups, group_of)] + local - group_starts[group_of]
+        pieces.append(table.take(pa.array(at)))
+    rows = pa.concat_tables(pieces)
+    return rows.take(pa.array(np.argsort(by_shard, kind="stable")))
+
+
 def build_train_dataset(
     prepared_dir: str,
     masking: MaskingConfig | None = None,
@@ -60,31 +213,22 @@ def build_train_dataset(
     epoch: int = 0,
     split: str = "train",
 ):
-    """The masked examples of one epoch as a Ray Dataset (rows: STREAM_COLUMNS, unpadded)."""
+    """The masked examples of a whole split in their written order, as a Ray Dataset (rows: STREAM_COLUMNS,
+    unpadded)."""
     import ray.data
 
     masking = masking or MaskingConfig()
     masking.validate()
-    manifest = load_manifest(prepared_dir)
-    if split not in manifest.shards:
-        raise DataError(
-            f"{prepared_dir} has no {split!r} split (it has {', '.join(manifest.shards)}); "
-            "prepare with --eval-fraction F > 0 for an eval split"
-        )
-    tokenizer_dir = storage.join(prepared_dir, TOKENIZER_DIR)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    _check_tokenizer(manifest, prepared_dir, tokenizer_dir, tokenizer)
-    vocab = MaskingVocab.from_tokenizer(tokenizer)
-    if len(vocab.is_special) < manifest.vocab_size:
-        raise DataError(f"the tokenizer copy in {prepared_dir} is damaged; run `bert-pretrain prepare` again")
-    shards = [storage.join(prepared_dir, path) for path in manifest.shards[split]]
+    prepared = load_split(prepared_dir, split)
     # One task per shard reads it with pyarrow and masks it: the shards are ours (even, with known counts),
-    # and `ray.data.read_parquet` would sample files with remote tasks each epoch, seconds on a small cluster.
-    return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
+    # and `ray.data.read_parquet` would sample files with remote tasks, seconds on a small cluster.
+    return ray.data.from_items(
+        list(prepared.shard_paths), override_num_blocks=len(prepared.shard_paths)
+    ).map_batches(
         read_and_mask_shards,
-        batch_format="pyarrow",
         batch_size=1,
-        fn_kwargs={"seed": seed, "epoch": epoch, "config": masking, "vocab": vocab},
+        batch_format="pyarrow",
+        fn_kwargs={"seed": seed, "epoch": epoch, "config": masking, "vocab": prepared.vocab},
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from data.config import MaskingConfig, PrepareConfig, TokenizerConfig
+from data.config import MaskingConfig, PrepareConfig, StreamConfig, TokenizerConfig
 from data.errors import DataError
 from model import PRESETS
 from orchestrator.errors import UserError
@@ -83,9 +83,9 @@ class TrainConfig:
     eval_every: int = 0
     """Evaluate on the held-out split every this many steps and at the end; 0 = never."""
     seed: int = 0
-    """Seed of the model initialisation and the masking stream."""
+    """Seed of the model initialisation, the data order and the masks."""
     fail_at_step: int | None = None
-    """Fault injection for tests: rank 1 (rank 0 alone) raises once at this step of a run not yet resumed."""
+    """Fault injection for tests: rank 1's process (rank 0's alone) is killed at this step, once per run."""
 
 
 @dataclass
@@ -124,6 +124,8 @@ class ScalingConfig:
     """torch intra-op threads in each CPU worker."""
     data_cpus: float = 1.0
     """CPUs left free for Ray Data (reading and masking); refused if the cluster cannot spare them."""
+    elastic_check_s: float = 60.0
+    """How often a running elastic run looks for room for more workers (it shrinks at once on a loss)."""
 
     @property
     def elastic(self) -> bool:
@@ -189,6 +191,8 @@ class JobConfig:
     """Corpus, tokenizer and prepared data."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     """Dynamic masking at train time."""
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    """The order of each epoch: canonical partitions and the shuffle window."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Batch, budget, logging and evaluation."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -391,6 +395,7 @@ def _validate(config: JobConfig) -> None:
         "optim.warmup_steps": optim.warmup_steps,
         "optim.max_grad_norm": optim.max_grad_norm,
         "scaling.data_cpus": scaling.data_cpus,
+        "scaling.elastic_check_s": scaling.elastic_check_s,
         "checkpoint.max_failures": checkpoint.max_failures,
     }
     for key, value in non_negative.items():

@@ -46,7 +46,6 @@ STATE_FILES = (MODEL_FILE, MODEL_CONFIG_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RN
 CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
 
 
-# The sizes that must agree for a checkpoint's weights to load into the run's model.
 def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:09d}"
 
@@ -63,8 +62,6 @@ class TrainState:
     """Global batches of that epoch already consumed."""
     world_size: int = 1
     """Workers of the run that wrote the checkpoint (a resume may use another count)."""
-    resumed: bool = False
-    """Whether this worker started from a checkpoint (not saved: set on load)."""
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -100,7 +97,7 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
     torch.save(rng_states, directory / RNG_FILE)
-    saved = {k: v for k, v in dataclasses.asdict(state).items() if k != "resumed"}
+    saved = dataclasses.asdict(state)
     files = {name: (directory / name).stat().st_size for name in STATE_FILES}
     contents = {**saved, "files": files, "config": redact(job_config), "reports": list(reports)}
     (directory / TRAIN_STATE_FILE).write_text(json.dumps(contents, indent=2))
@@ -130,7 +127,7 @@ def load_checkpoint(
         set_rng_state(rng_states[rank])
     saved = json.loads((directory / TRAIN_STATE_FILE).read_text())
     fields = {f.name for f in dataclasses.fields(TrainState)}
-    return TrainState(**{k: v for k, v in saved.items() if k in fields}, resumed=True)
+    return TrainState(**{k: v for k, v in saved.items() if k in fields})
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -20,9 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.constants import (
+    ENABLE_PREEMPTION_WATCHER_ENV_VAR,
+    HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+)
 
 import data
 from data import local_ray, storage
@@ -43,7 +47,7 @@ from orchestrator.train.checkpoints import (
 )
 from orchestrator.train.failures import StopOnUserError, user_error_in
 from orchestrator.train.init_from import Donor, adopt_donor, donor_tags, model_config, read_donor
-from orchestrator.train.loop import EVAL_DATASET, RunPlan, train_dataset_name, train_worker
+from orchestrator.train.loop import RunPlan, epoch_order, train_worker
 from orchestrator.train.preflight import (
     check_data_fits_model,
     check_resume_point,
@@ -104,6 +108,9 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
             "missing), or --init-from a model that holds its own tokenizer"
         )
     check_sequence_length(job, donor)
+    if not os.environ.get("RAY_ADDRESS"):
+        # A local Ray's node is never drained: no preemption watcher (one actor less to start, no error line).
+        os.environ.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
     local_ray.init_ray(log_to_driver=True)
     plan_batch = plan_batches(
         job.train.global_batch_size,
@@ -120,7 +127,8 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
     resume = find_resume_checkpoint(run_dir)
     check_resume_point(resume, model)
-    plan = plan_run(job, manifest, plan_batch, model)
+    splits = load_splits(job, manifest)
+    plan = plan_run(job, manifest, plan_batch, splits["train_split"], model)
     print_resume_point(resume, plan.total_steps)
     resolved = job.to_dict()
     update_run_json(run_dir, config=resolved, plan=plan.to_dict())
@@ -132,7 +140,7 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     try:
         tracker.log_config(resolved)
         tracker.set_tags(_run_tags(job, manifest, donor))
-        trainer = build_trainer(job, plan, [tracker.callback(), StopOnUserError(), *callbacks])
+        trainer = build_trainer(job, plan, splits, [tracker.callback(), StopOnUserError(), *callbacks])
         result = fit(trainer, run_dir)
         last = find_resume_checkpoint(run_dir).path
         final_dir = storage.join(run_dir, "final")
@@ -194,22 +202,26 @@ def what_is_kept(run_dir: str) -> str:
     return f"the checkpoint of step {resume.step} is kept in {run_dir}; run the same command to resume"
 
 
-def plan_run(job: JobConfig, manifest: data.Manifest, batch, model: BertConfig) -> RunPlan:
+def load_splits(job: JobConfig, manifest: data.Manifest) -> dict[str, data.PreparedSplit | None]:
+    """The training split and, when the run evaluates, the held-out one: shards, sizes, masking vocabulary
+    (the manifest and tokenizer read once, here, for every rank)."""
+    try:
+        train_split = data.load_split(job.data.prepared_dir, "train")
+        evaluates = job.train.eval_every > 0 and manifest.counts["examples"].get("eval", 0) > 0
+        eval_split = data.load_split(job.data.prepared_dir, "eval") if evaluates else None
+    except data.DataError as error:
+        raise UserError(str(error)) from None
+    return {"train_split": train_split, "eval_split": eval_split}
+
+
+def plan_run(
+    job: JobConfig, manifest: data.Manifest, batch, train_split: data.PreparedSplit, model: BertConfig
+) -> RunPlan:
     """Steps, epochs and sizes from the config, the prepared data and the model."""
-    train_examples = manifest.counts["examples"]["train"]
-    # Ray Train splits an epoch into equal shards, dropping up to (workers - 1) examples. With uneven shares
-    # (an elastic run) a rank may need one of those in the last step: plan the epoch without them.
-    scaling = job.scaling
-    uneven = any(
-        job.train.global_batch_size % n for n in range(scaling.fewest_workers, scaling.num_workers + 1)
-    )
-    usable = train_examples - (scaling.num_workers - 1 if uneven else 0)
-    steps_per_epoch = usable // job.train.global_batch_size
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"the prepared data has {train_examples} training examples, fewer than one global batch "
-            f"(train.global_batch_size={job.train.global_batch_size}): use a bigger corpus or a smaller batch"
-        )
+    try:
+        steps_per_epoch = epoch_order(job, train_split).steps_per_epoch
+    except data.DataError as error:
+        raise UserError(f"{error} (train.global_batch_size={job.train.global_batch_size})") from None
     if job.train.max_steps is not None:
         total_steps = job.train.max_steps
     else:  # a token budget, in steps of the prepared data's mean example length
@@ -222,33 +234,33 @@ def plan_run(job: JobConfig, manifest: data.Manifest, batch, model: BertConfig) 
         model=dataclasses.asdict(model),
         pad_token_id=manifest.special_token_ids["pad"],
         max_seq_length=manifest.settings.max_seq_length,
-        has_eval=manifest.counts["examples"].get("eval", 0) > 0,
     )
 
 
-def build_trainer(job: JobConfig, plan: RunPlan, callbacks: Sequence[ray.train.UserCallback]) -> TorchTrainer:
+def build_trainer(
+    job: JobConfig,
+    plan: RunPlan,
+    splits: dict[str, data.PreparedSplit | None],
+    callbacks: Sequence[ray.train.UserCallback],
+) -> TorchTrainer:
+    """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the splits
+    and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build the
+    iterators in the controller before that, and Ray's default split passes every block through one
+    coordinator actor)."""
     scaling = job.scaling
-    num_epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
-    prepared = job.data.prepared_dir
-    # The workers' metrics show progress; Ray Data's per-epoch progress bars would flood the driver's log.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    # One dataset per epoch, each masked with its own epoch's seed; Ray Data builds them lazily, so only the
-    # epochs the workers ask for are ever read.
-    datasets = {
-        train_dataset_name(epoch): data.build_train_dataset(
-            prepared, job.masking, job.train.seed, epoch=epoch
-        )
-        for epoch in range(num_epochs)
-    }
-    if plan.has_eval and job.train.eval_every:
-        datasets[EVAL_DATASET] = data.build_train_dataset(prepared, job.masking, job.train.seed, split="eval")
+    # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
+    # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
+    # often, but keep a big run's controller under about 1,000 worker polls a second (a user's setting wins).
+    poll_s = max(0.1, scaling.num_workers / 1000)
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, f"{poll_s:g}")
     return TorchTrainer(
         train_worker,
-        train_loop_config={"job": job.to_dict(), "plan": plan.to_dict()},
+        train_loop_config={"job": job.to_dict(), "plan": plan.to_dict(), **splits},
         scaling_config=ray.train.ScalingConfig(
             num_workers=ray_worker_count(scaling, ray.cluster_resources()),
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+            elastic_resize_monitor_interval_s=scaling.elastic_check_s,
         ),
         run_config=ray.train.RunConfig(
             name=job.checkpoint.run_name,
@@ -257,7 +269,6 @@ def build_trainer(job: JobConfig, plan: RunPlan, callbacks: Sequence[ray.train.U
             failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
             callbacks=list(callbacks),
         ),
-        datasets=datasets,
     )
 
 

@@ -10,28 +10,31 @@ the whole global batch (all micro-steps, all ranks), the NSP loss likewise by th
 averages gradients over ranks, so each rank backpropagates its loss times the world size. The update is then
 exactly that of one big batch, whatever the worker count and accumulation.
 
-Data position: each epoch of the stream is its own dataset (`train_epoch_<e>`, masked with that epoch's
-seed), split over the workers by Ray Train. An epoch gives `steps_per_epoch` global batches (its tail, fewer
-than one global batch, is skipped), so the position after step s is (s // steps_per_epoch, s %
-steps_per_epoch) for any worker count. What a resume restores exactly: the step, the samples consumed, the
-epoch and its masks, the optimizer, scheduler and RNG. What it approximates: within a partly consumed epoch,
-each rank skips the first batches of its new shard; Ray Data's streaming split hands out blocks dynamically,
-so the skipped examples are that many examples of the epoch, not necessarily the very ones seen before.
+Data: each rank executes its own Ray Data stream of its fixed slice of every global batch (`data.stream`,
+`data.order`), from the saved position to the last step, across epochs; the global batch of step s, its
+examples and their masks, is a function of (seed, epoch, s) alone. An epoch gives `steps_per_epoch` global
+batches, so the position after step s is (s // steps_per_epoch, s % steps_per_epoch) for any worker count,
+and a resume (after a failure, a restart, or with another worker count) reads exactly the examples the run
+would have read. Evaluation gives each rank a contiguous slice of the held-out split.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import json
 import logging
 import math
+import os
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray.train
 import ray.train.torch
@@ -39,15 +42,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data import ExactBatches, PadAndCollate, make_collate_fn, storage
+from data import (
+    EpochOrder,
+    ExactBatches,
+    PadAndCollate,
+    PreparedSplit,
+    make_collate_fn,
+    rank_eval_stream,
+    rank_train_stream,
+    storage,
+)
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining, attention_path, compile_model
 from orchestrator.config import JobConfig, config_from_dict
 from orchestrator.train.checkpoints import (
+    ResumePoint,
     TrainState,
     checkpoint_dir_name,
     find_resume_checkpoint,
     init_weights_from,
     load_checkpoint,
+    read_train_state,
     rng_state,
     save_checkpoint,
 )
@@ -55,12 +69,19 @@ from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.resources import BatchPlan, plan_batches
 from orchestrator.train.throughput import dense_bf16_peak_flops
 
-EVAL_DATASET = "eval"
+T = TypeVar("T")
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
 
 
-def train_dataset_name(epoch: int) -> str:
-    return f"train_epoch_{epoch}"
+def epoch_order(job: JobConfig, train_split: PreparedSplit) -> EpochOrder:
+    """The run's data order (the same on the driver and on every rank)."""
+    return EpochOrder(
+        train_split.shard_sizes,
+        job.train.global_batch_size,
+        job.stream.partitions,
+        job.stream.shuffle_window,
+        job.train.seed,
+    )
 
 
 @dataclass(frozen=True)
@@ -74,7 +95,6 @@ class RunPlan:
     """The BertConfig fields: a preset's sizes or those of checkpoint.init_from, the data's vocabulary."""
     pad_token_id: int
     max_seq_length: int
-    has_eval: bool
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,9 +105,11 @@ class RunPlan:
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's `train_loop_per_worker`: `loop_config` holds the resolved job config and the run plan."""
+    """Ray Train's `train_loop_per_worker`: `loop_config` holds the resolved job config, the run plan and
+    the prepared splits."""
     job, plan = config_from_dict(loop_config["job"]), RunPlan.from_dict(loop_config["plan"])
-    quiet_ray_train_reports()
+    train_split, eval_split = loop_config["train_split"], loop_config["eval_split"]
+    quiet_ray_console()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -95,9 +117,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(job.scaling.threads_per_worker)
     torch.manual_seed(job.train.seed)  # the same initial weights on every rank
 
+    # The run directory is the record, not Ray Train's list of reported checkpoints (`get_checkpoint`): a
+    # failure or an interrupt can come before Ray has taken in a checkpoint that rank 0 has written in full.
+    resume = find_resume_checkpoint(storage.join(job.checkpoint.storage_path, job.checkpoint.run_name))
+    rows = start_train_stream(job, plan, train_split, resume, rank, world_size)  # first: see there
     model, optimizer, scheduler = build_model_and_optimizer(job, plan, device)
     torch.manual_seed(job.train.seed * 1000 + rank + 1)  # each rank its own dropout; a checkpoint restores it
-    state = restore_state(job, model, optimizer, scheduler, rank, world_size)
+    state = restore_state(job, resume, model, optimizer, scheduler, rank, world_size)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     if job.model.compile:
         compile_model(model)
@@ -107,9 +133,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     collate_fn = make_collate_fn(job.masking, plan.max_seq_length, plan.pad_token_id)
     # Ray Train may start an elastic run with fewer workers than planned: split for the actual count.
     batch = plan_batches(job.train.global_batch_size, job.train.micro_batch_size, world_size, uneven=True)
-    step_batches = iterate_step_batches(plan, batch, state, rank, collate_fn, device)
-    if job.checkpoint.init_from and state.step == 0 and plan.has_eval and job.train.eval_every:
-        report_initial_evaluation(plan, model, collate_fn, device, rank)
+    step_batches = iterate_step_batches(rows, batch, rank, collate_fn, device)
+    evaluation = None
+    if eval_split is not None:
+        evaluation = rank_eval_stream(eval_split, job.masking, job.train.seed, rank, world_size)
+        if job.checkpoint.init_from and state.step == 0:
+            report_initial_evaluation(plan, model, evaluation, collate_fn, device, rank)
     window = MetricsWindow(device, model.config)
     reports: list[dict[str, Any]] = []  # rank 0's reports since the last checkpoint, saved with the next one
     while state.step < plan.total_steps:
@@ -118,7 +147,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         window.add(train_step(ddp_model, model, optimizer, scheduler, micro_batches, job, world_size))
         state = advance(state, plan, world_size)
         report_if_due(
-            job, plan, state, window, model, optimizer, scheduler, collate_fn, device, rank, reports
+            job,
+            plan,
+            state,
+            window,
+            model,
+            optimizer,
+            scheduler,
+            evaluation,
+            collate_fn,
+            device,
+            rank,
+            reports,
         )
 
 
@@ -130,8 +170,42 @@ def build_model_and_optimizer(
     return model, optimizer, build_scheduler(optimizer, job.optim, plan.total_steps)
 
 
+def start_train_stream(
+    job: JobConfig,
+    plan: RunPlan,
+    train_split: PreparedSplit,
+    resume: ResumePoint,
+    rank: int,
+    world_size: int,
+) -> ExactBatches:
+    """This rank's rows from the resume point's position to the last step, already being fetched: a stream's
+    start (Ray Data tasks in new processes) takes seconds, and so does the model's (torch's first optimizer
+    imports its compiler), so the stream starts first and the two overlap."""
+    position = saved_position(resume.path) if resume.path else TrainState()
+    stream = rank_train_stream(
+        train_split,
+        epoch_order(job, train_split),
+        job.masking,
+        rank,
+        world_size,
+        position.data_epoch,
+        position.data_step_in_epoch,
+        plan.total_steps - position.step,
+    )
+    return ExactBatches(
+        fetch_ahead(stream.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
+    )
+
+
+def saved_position(checkpoint_path: str) -> TrainState:
+    """The position a checkpoint holds, from its train_state.json alone (local or in a bucket)."""
+    saved = read_train_state(checkpoint_path)
+    return TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState) if f.name in saved})
+
+
 def restore_state(
     job: JobConfig,
+    resume: ResumePoint,
     model: BertForPreTraining,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -139,12 +213,7 @@ def restore_state(
     world_size: int,
 ) -> TrainState:
     """Resume from the run's newest complete and intact checkpoint (after a worker failure, or when the same
-    run is started again); else start from `checkpoint.init_from`'s weights, or from scratch.
-
-    The run directory is the record, not Ray Train's list of reported checkpoints (`get_checkpoint`): a
-    failure or an interrupt can come before Ray has taken in a checkpoint that rank 0 has written in full."""
-    run_dir = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name)
-    resume = find_resume_checkpoint(run_dir)
+    run is started again); else start from `checkpoint.init_from`'s weights, or from scratch."""
     if resume.path is not None:
         with storage.local_input(resume.path) as directory:
             return load_checkpoint(Path(directory), model, optimizer, scheduler, rank)
@@ -153,34 +222,52 @@ def restore_state(
     return TrainState(world_size=world_size)
 
 
+def fetch_ahead(iterable: Iterable[T]) -> Iterator[T]:
+    """The items of `iterable`, the first fetched from now on, on a thread, while the caller goes on."""
+    iterator = iter(iterable)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    first = pool.submit(next, iterator, None)
+    pool.shutdown(wait=False)
+
+    def items() -> Iterator[T]:
+        item = first.result()
+        if item is not None:
+            yield item
+            yield from iterator
+
+    return items()
+
+
 def iterate_step_batches(
-    plan: RunPlan,
-    batch: BatchPlan,
-    state: TrainState,
-    rank: int,
-    collate: PadAndCollate,
-    device: torch.device,
+    rows: ExactBatches, batch: BatchPlan, rank: int, collate: PadAndCollate, device: torch.device
 ) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """This worker's micro-batches, one list per optimizer step, from the saved position onwards."""
-    epoch, step_in_epoch = state.data_epoch, state.data_step_in_epoch
-    while True:
-        shard = ray.train.get_dataset_shard(train_dataset_name(epoch))  # a barrier: all ranks move together
-        rows = ExactBatches(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
-        with contextlib.closing(rows):  # stops the epoch's prefetching when its tail is left unread
-            for step in range(step_in_epoch):  # resume inside an epoch: skip what was consumed
-                rows.take(batch.worker_batch_size(rank, step))
-            for step in range(step_in_epoch, plan.steps_per_epoch):
-                sizes = batch.micro_batch_sizes(rank, step)
-                yield [_to_device(collate.collate_table(rows.take(size)), device) for size in sizes]
-        epoch, step_in_epoch = epoch + 1, 0
+    """This worker's micro-batches, one list per optimizer step, cut from its stream's rows."""
+    sizes = batch.micro_batch_sizes(rank)
+    with contextlib.closing(rows):  # stops the stream's prefetching when the run ends early
+        while True:
+            yield [_to_device(collate.collate_table(rows.take(size)), device) for size in sizes]
+
+
+FAULT_MARKER_FILE = "injected_fault.json"
 
 
 def inject_failure_if_due(job: JobConfig, state: TrainState, rank: int, world_size: int) -> None:
-    """Fault injection for tests: one rank raises at `train.fail_at_step`, only in a run not yet resumed
-    (so the run recovers once it has a checkpoint to restart from)."""
+    """Fault injection for tests: at `train.fail_at_step` one rank's process is killed with SIGKILL (no
+    exception, no cleanup, as when its machine dies), once per run: a marker written to the run directory
+    first records it, so that the restart (which may go back further than the last checkpoint reported,
+    when Ray Train had not yet read that report) does not kill again."""
     failing_rank = 1 if world_size > 1 else 0
-    if job.train.fail_at_step == state.step + 1 and rank == failing_rank and not state.resumed:
-        raise RuntimeError(f"injected failure at step {state.step + 1} on rank {rank} (train.fail_at_step)")
+    if job.train.fail_at_step != state.step + 1 or rank != failing_rank:
+        return
+    marker = storage.join(job.checkpoint.storage_path, job.checkpoint.run_name, FAULT_MARKER_FILE)
+    if storage.is_file(marker):
+        return
+    storage.write_text(marker, json.dumps({"step": state.step + 1, "rank": rank, "pid": os.getpid()}))
+    sys.stderr.write(
+        f"train.fail_at_step: killing rank {rank} (pid {os.getpid()}) at step {state.step + 1}\n"
+    )
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_step(
@@ -329,19 +416,23 @@ def report_if_due(
     model: BertForPreTraining,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    evaluation,
     collate_fn,
     device: torch.device,
     rank: int,
     reports: list[dict[str, Any]],
 ) -> None:
     """On a logging, evaluation or checkpoint step (the same steps on every rank), one `ray.train.report`.
+    `evaluation` is this rank's held-out stream, or None.
 
     Rank 0's checkpoints carry its reports since the previous one: reports that Ray Train had not taken in
     when the run was interrupted still reach MLflow from the checkpoint the run resumes from."""
     is_last = state.step == plan.total_steps
     log_due = state.step % job.train.log_every == 0 or is_last
     eval_due = (
-        plan.has_eval and job.train.eval_every > 0 and (state.step % job.train.eval_every == 0 or is_last)
+        evaluation is not None
+        and job.train.eval_every > 0
+        and (state.step % job.train.eval_every == 0 or is_last)
     )
     checkpoint_due = state.step % job.checkpoint.every == 0 or is_last
     if not (log_due or eval_due or checkpoint_due):
@@ -354,7 +445,7 @@ def report_if_due(
     if log_due:
         metrics.update(window.read(), **{"optim/param_norm": _param_norm(model)})
     if eval_due:
-        metrics.update(evaluate(model, plan, collate_fn, device))
+        metrics.update(evaluate(model, plan, evaluation, collate_fn, device))
     if rank == 0:
         _console(progress_line(metrics, plan.total_steps))
         reports.append({"timestamp_ms": int(time.time() * 1000), "metrics": metrics})
@@ -374,11 +465,11 @@ def report_if_due(
 
 
 def report_initial_evaluation(
-    plan: RunPlan, model: BertForPreTraining, collate_fn, device: torch.device, rank: int
+    plan: RunPlan, model: BertForPreTraining, evaluation, collate_fn, device: torch.device, rank: int
 ) -> None:
     """The starting model (`checkpoint.init_from`) scored on the held-out split at step 0, before any update:
     the charts then show where it stood on the user's data."""
-    metrics = {"step": 0, **evaluate(model, plan, collate_fn, device)}
+    metrics = {"step": 0, **evaluate(model, plan, evaluation, collate_fn, device)}
     if rank == 0:
         _console(progress_line(metrics, plan.total_steps) + "  (--init-from, before training)")
     ray.train.report(metrics)
@@ -408,21 +499,28 @@ def _console(line: str) -> None:
     sys.stdout.flush()
 
 
-def quiet_ray_train_reports() -> None:
-    """Ray Train logs every report of every rank at INFO, a long line each; `progress_line` says it once."""
+def quiet_ray_console() -> None:
+    """Ray Train logs every report of every rank at INFO, a long line each (`progress_line` says it once),
+    and Ray Data notes each stream it starts and ends: keep those in Ray's log files, off the console."""
+    from ray.data._internal.logging import SessionFileHandler
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):
+            handler.setLevel(logging.ERROR)
 
 
-def evaluate(model: BertForPreTraining, plan: RunPlan, collate_fn, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: BertForPreTraining, plan: RunPlan, evaluation, collate_fn, device: torch.device
+) -> dict[str, float]:
     """MLM loss, perplexity and accuracy, and NSP accuracy (with NSP on) over the held-out split (each rank
-    its shard)."""
-    shard = ray.train.get_dataset_shard(EVAL_DATASET)
+    its slice)."""
     sums = torch.zeros(5, device=device)  # mlm loss sum, mlm correct, mlm count, nsp correct, nsp count
     model.eval()
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=plan.batch.micro_batch_size, collate_fn=collate_fn):
+        batches = evaluation.iter_torch_batches(batch_size=plan.batch.micro_batch_size, collate_fn=collate_fn)
+        for batch in batches:
             with _autocast(device):
                 out = model(**_to_device(batch, device), mlm_normalizer=1.0, nsp_normalizer=1.0)
             values = (out.mlm_loss, out.mlm_correct, out.mlm_count, out.nsp_correct, out.nsp_count)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data import batch_slices
 from orchestrator.config import ScalingConfig
 from orchestrator.errors import UserError
 
@@ -24,17 +25,16 @@ class BatchPlan:
     accumulation_steps: int
     """Micro-steps per optimizer step, the same on every worker."""
 
-    def worker_batch_size(self, rank: int, step: int) -> int:
-        """Examples `rank` contributes to the `step`-th step of an epoch. When the workers do not divide the
-        global batch (an elastic run), the leftover examples go to the ranks in turn, so that over
-        `num_workers` steps every rank reads the same number of examples."""
-        base, leftover = divmod(self.global_batch_size, self.num_workers)
-        return base + int((rank - step * leftover) % self.num_workers < leftover)
+    def worker_batch_size(self, rank: int) -> int:
+        """Examples `rank` contributes to every step: its fixed slice of the global batch (`batch_slices`).
+        When the workers do not divide the global batch (an elastic run), the first ranks take one more."""
+        start, stop = batch_slices(self.global_batch_size, self.num_workers)[rank]
+        return stop - start
 
-    def micro_batch_sizes(self, rank: int, step: int) -> list[int]:
-        """The sizes of `rank`'s micro-batches in that step: its share cut into near-equal parts. The loss is
+    def micro_batch_sizes(self, rank: int) -> list[int]:
+        """The sizes of `rank`'s micro-batches in a step: its share cut into near-equal parts. The loss is
         normalised over the whole global batch, so unequal parts still give the update of one big batch."""
-        base, leftover = divmod(self.worker_batch_size(rank, step), self.accumulation_steps)
+        base, leftover = divmod(self.worker_batch_size(rank), self.accumulation_steps)
         return [base + int(i < leftover) for i in range(self.accumulation_steps)]
 
 

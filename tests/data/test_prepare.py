@@ -27,7 +27,7 @@ from data import (
 )
 from data.hashing import stream_key
 from data.readers import plan_units, resolve_corpus
-from data.shards import permuted_positions
+from data.shards import ROW_GROUP_ROWS, permuted_positions, write_shard
 
 from .conftest import (
     LICENSE,
@@ -352,3 +352,20 @@ def test_a_bucket_folder_that_is_not_prepared_data_is_refused(
     with pytest.raises(DataError, match="not a prepared directory"):
         prepare([corpus_file], tokenizer_dir, f"{bucket}/busy", TEST_PREPARE)
     assert storage.read_text(f"{bucket}/busy/notes.txt") == "mine"
+
+
+def test_a_shard_is_written_in_row_groups_that_a_stream_window_reads_alone(tmp_path):
+    rows = 2 * ROW_GROUP_ROWS + 100
+    table = pa.table(
+        {
+            "example_id": np.arange(rows),
+            "input_ids": [[2, 5, 3]] * rows,
+            "token_type_ids": [[0, 0, 0]] * rows,
+            "next_sentence_label": np.zeros(rows, np.int8),
+        }
+    )
+    assert write_shard(str(tmp_path / "shard.parquet"), 0, table.slice(0, 500), table.slice(500)) == rows
+    shard = pq.ParquetFile(tmp_path / "shard.parquet")
+    groups = [shard.metadata.row_group(g).num_rows for g in range(shard.num_row_groups)]
+    assert groups == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 100]
+    assert shard.read().column("example_id").to_pylist() == list(range(rows))

@@ -48,7 +48,8 @@ def write_corpus(path: Path, documents: int, seed: int = 0) -> Path:
 def prepared_corpus(tmp_path_factory, ray_session) -> dict:
     """A tokenizer and prepared examples (max length 32, an eval split) built the way `train` builds them.
 
-    64 documents (blank-line separated) give 172 training examples: even, as the exact-batch test needs."""
+    64 documents (blank-line separated) give 172 training examples: 5 global batches of 32 an epoch, and
+    even, as the exact-batch test needs."""
     root = tmp_path_factory.mktemp("corpus")
     data = {
         "corpus": [str(write_corpus(root / "corpus.txt", documents=64))],
@@ -75,22 +76,6 @@ def make_job(root: Path, data: dict, num_workers: int | None = None, **sections:
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return resolve_job(config_from_dict(raw), num_workers=num_workers)
-
-
-def exact_batch_job(root: Path, prepared_corpus: dict, num_workers: int, **sections: dict) -> JobConfig:
-    """3 steps without dropout whose global batch is the whole training set, so each step sees every example
-    on any number of workers: the runs of two worker counts must give the same numbers."""
-    examples = prepared_corpus["train_examples"]
-    assert examples % 2 == 0, "the test corpus must give an even number of examples"
-    return make_job(
-        root,
-        prepared_corpus["data"],
-        num_workers=num_workers,
-        model={"dropout": 0.0},
-        train={"global_batch_size": examples, "micro_batch_size": examples // 2, "max_steps": 3},
-        checkpoint={"run_name": f"exact-{num_workers}"},
-        **sections,
-    )
 
 
 RANDOM_MODEL_HIDDEN = 32

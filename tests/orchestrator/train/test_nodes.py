@@ -1,8 +1,9 @@
-"""Several nodes: a 2-node `ray.cluster_utils.Cluster`, with the two workers placed on different nodes,
-computes exactly what one worker accumulating two micro-batches computes on the same data."""
+"""Several nodes: an elastic run on a 3-node `ray.cluster_utils.Cluster` loses a node, goes on with 2 workers,
+grows back to 3 when a node is added, and computes at every step what 2 workers on one node compute."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -10,23 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.train.driver import train
-from tests.orchestrator.conftest import exact_batch_job
-from tests.orchestrator.reports import ReportRecorder, read_reports
+from tests.orchestrator.reports import read_failures, read_reports
+from tests.orchestrator.train.conftest import COMPARED, STEPS, last_checkpoint_reported, losses_by_step
+from tests.orchestrator.train.elastic_nodes import CHECKPOINT_EVERY
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_two_workers_on_two_nodes_equal_one_worker_accumulating_two(tmp_path, prepared_corpus):
-    two_nodes = tmp_path / "two-nodes"
-    two_nodes.mkdir()
+def test_an_elastic_run_loses_a_node_goes_on_with_the_same_batches_and_grows_back(
+    tmp_path, prepared_corpus, fault_run
+):
     done = subprocess.run(
         [
             sys.executable,
             "-m",
-            "tests.orchestrator.train.two_nodes",
+            "tests.orchestrator.train.elastic_nodes",
             json.dumps(prepared_corpus),
-            str(two_nodes),
+            str(tmp_path),
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -35,20 +36,29 @@ def test_two_workers_on_two_nodes_equal_one_worker_accumulating_two(tmp_path, pr
     )
     assert done.returncode == 0, done.stderr[-4000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
-    assert outcome["nodes"] == 2
-    assert outcome["workers"] == 2 and outcome["worker_nodes"] == 2
-    assert outcome["steps"] == 3
-    assert (Path(outcome["final"]) / "model.safetensors").is_file()
+    assert outcome["steps"] == STEPS and (Path(outcome["final"]) / "model.safetensors").is_file()
 
-    # One worker on the session's Ray: micro-batches of half the batch, 2 accumulations.
-    train(
-        exact_batch_job(tmp_path, prepared_corpus, num_workers=1),
-        callbacks=[ReportRecorder(tmp_path / "one")],
+    # 3 workers; the node loss (a failure) ends them; 2 workers go on from the last checkpoint Ray Train had;
+    # the added node makes it regroup 3 workers from the 2 workers' last checkpoint (a resize, no failure).
+    reports = read_reports(tmp_path / "reports.jsonl")
+    (failure,) = read_failures(tmp_path / "reports.jsonl")  # the node loss; the resize is no failure
+    assert failure, failure
+    groups = [list(group) for _, group in itertools.groupby(reports, key=lambda r: len(r["metrics"]))]
+    assert [len(group[0]["metrics"]) for group in groups] == [3, 2, 3]
+    attempts = groups
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        resumed = after[0]["metrics"][0]["step"] - 1  # from the run directory's newest intact checkpoint
+        assert resumed % CHECKPOINT_EVERY == 0 and resumed >= last_checkpoint_reported(before), resumed
+    assert attempts[-1][-1]["metrics"][0]["step"] == STEPS
+    for attempt in attempts:  # the ranks of each attempt hold the same weights
+        assert all(len({m["optim/param_norm"] for m in r["metrics"]}) == 1 for r in attempt)
+
+    # The same global batches at every step as 2 workers on one node (shares 11/11/10, then 16/16).
+    elastic, reference = (
+        losses_by_step([r for a in attempts for r in a]),
+        losses_by_step(fault_run["reports"]),
     )
-    one = [r["metrics"][0] for r in read_reports(tmp_path / "one")]
-    two = [r["metrics"][0] for r in read_reports(two_nodes / "reports.jsonl")]
-    assert [m["step"] for m in one] == [m["step"] for m in two] == [1, 2, 3]
-    for a, b in zip(one, two, strict=True):
-        for key in ("train/loss", "train/mlm_loss", "train/nsp_loss", "optim/grad_norm", "optim/param_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
-        assert a["train/mlm_accuracy"] == b["train/mlm_accuracy"]
+    assert sorted(elastic) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        for key in COMPARED:
+            assert elastic[step][key] == pytest.approx(reference[step][key], rel=1e-4), (step, key)

@@ -25,7 +25,7 @@ from orchestrator.train.driver import train
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.preflight import PREPARED_MARKER_FILE, ensure_prepared_data
 from tests.orchestrator.conftest import make_job, save_donor, write_corpus
-from tests.orchestrator.reports import FailureRecorder
+from tests.orchestrator.reports import ReportRecorder, read_failures
 
 REFUSED_WITHIN_S = 60  # a "no Ray Train, no retries" bound on a loaded 2-core machine
 
@@ -117,5 +117,5 @@ def test_a_checkpoint_damaged_inside_fails_the_run_once_naming_the_file(tmp_path
     optimizer_file.write_bytes(b"\0" * optimizer_file.stat().st_size)
 
     with pytest.raises(UserError, match="checkpoint checkpoint_000000002: optimizer.pt cannot be read"):
-        train(job, callbacks=[FailureRecorder(tmp_path / "failures.jsonl")])
-    assert len((tmp_path / "failures.jsonl").read_text().splitlines()) == 1  # no restart
+        train(job, callbacks=[ReportRecorder(tmp_path / "reports.jsonl")])
+    assert len(read_failures(tmp_path / "reports.jsonl")) == 1  # no restart

@@ -1,7 +1,6 @@
-"""Training on real Ray Train (a local 2-CPU Ray, gloo DDP): an elastic run's workers hold equal weights
-and its loss falls, it recovers from a failed worker, a restart resumes with another worker count, and the
-whole run is one MLflow run; runs refused before they start. Each `fit` costs about
-half a minute here, so the fits are shared."""
+"""Training on real Ray Train (a local 2-CPU Ray, gloo DDP): the run is the same at every step on 1 or 2
+workers, through a killed worker and through a restart with another worker count; the whole run is one MLflow
+run; runs refused before they start. Each `fit` costs about half a minute here, so the fits are shared."""
 
 from __future__ import annotations
 
@@ -20,116 +19,145 @@ from orchestrator.errors import UserError
 from orchestrator.run_dir import read_run_json
 from orchestrator.train.checkpoints import read_train_state
 from orchestrator.train.driver import train
+from orchestrator.train.loop import FAULT_MARKER_FILE
 from tests.orchestrator.conftest import make_job
-from tests.orchestrator.reports import ReportRecorder, read_reports
+from tests.orchestrator.reports import ReportRecorder, read_failures, read_reports
+from tests.orchestrator.train.conftest import (
+    COMPARED,
+    FAULT_AT,
+    GLOBAL_BATCH,
+    STEPS,
+    STEPS_PER_EPOCH,
+    last_checkpoint_reported,
+    losses_by_step,
+    same_batches_job,
+)
 
-GLOBAL_BATCH = 16
-FIRST_STEPS, FAIL_AT, RESUMED_STEPS = 8, 5, 12
+STOPPED_AT = 10  # rank 1 is killed at step 10, after the checkpoints of steps 4 and 8
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, prepared_corpus):
-    """An elastic run of 2-3 workers for 8 steps (the 2-CPU Ray fits 3 of a quarter CPU, and 16 examples
-    split 6/5/5); rank 1 fails at step 5, after the checkpoint of step 4. Recorded in SQLite MLflow."""
-    root = tmp_path_factory.mktemp("elastic")
+def restarted_run(tmp_path_factory, prepared_corpus):
+    """One run started twice, recorded in SQLite MLflow: with 2 workers until rank 1's process is killed at
+    step 10 with no failure allowed (the run fails); then the same run again with 1 worker (4 micro-batches
+    a step) from its last checkpoint to the end."""
+    root = tmp_path_factory.mktemp("restarted")
     mlflow = {"enabled": True, "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
-    job = make_job(
+    first = same_batches_job(
         root,
-        prepared_corpus["data"],
-        num_workers=(2, 3),
-        scaling={"cpus_per_worker": 0.25},
-        train={"max_steps": FIRST_STEPS, "fail_at_step": FAIL_AT, "eval_every": 4},
-        checkpoint={"every": 4, "max_failures": 1},
+        prepared_corpus,
+        2,
+        train={"fail_at_step": STOPPED_AT},
+        checkpoint={"max_failures": 0},
         mlflow=mlflow,
     )
-    result = train(job, callbacks=[ReportRecorder(root / "reports.jsonl")])
-    reports = read_reports(root / "reports.jsonl")
-    return {"root": root, "mlflow": mlflow, "job": job, "result": result, "reports": reports}
+    with pytest.raises(Exception) as failed:
+        train(first, callbacks=[ReportRecorder(root / "first.jsonl")])
+    again = same_batches_job(root, prepared_corpus, 1, mlflow=mlflow)
+    result = train(again, callbacks=[ReportRecorder(root / "again.jsonl")])
+    return {
+        "mlflow": mlflow,
+        "job": again,
+        "error": failed.value,
+        "first": read_reports(root / "first.jsonl"),
+        "first_failures": read_failures(root / "first.jsonl"),
+        "again": read_reports(root / "again.jsonl"),
+        "result": result,
+    }
 
 
-@pytest.fixture(scope="module")
-def resumed_run(first_run, prepared_corpus):
-    """The same run started again with 1 worker (so 2 accumulation steps), up to step 12."""
-    root = first_run["root"]
-    job = make_job(
-        root,
-        prepared_corpus["data"],
-        num_workers=1,
-        train={"max_steps": RESUMED_STEPS},
-        checkpoint={"every": 4},
-        mlflow=first_run["mlflow"],
-    )
-    result = train(job, callbacks=[ReportRecorder(root / "resumed.jsonl")])
-    return {"job": job, "result": result, "reports": read_reports(root / "resumed.jsonl")}
+def test_one_and_two_workers_and_a_killed_worker_compute_the_same_loss_at_every_step(
+    fault_run, restarted_run
+):
+    # The fault happened: rank 1's process died at step 6 (no exception raised in it), seen by Ray Train.
+    (failure,) = fault_run["failures"]
+    assert "died unexpectedly" in failure["1"] and "Traceback" not in failure["1"], failure
+    marker = json.loads((Path(fault_run["result"].run_dir) / FAULT_MARKER_FILE).read_text())
+    assert (marker["step"], marker["rank"]) == (FAULT_AT, 1)
+    # Both ranks restarted from the last checkpoint before it (step 4) and ran on to the end.
+    before, after = fault_run["attempts"]
+    assert [r["metrics"][0]["step"] for r in before] == list(range(1, len(before) + 1))
+    assert len(before) < FAULT_AT and last_checkpoint_reported(before) == 4
+    assert [r["metrics"][0]["step"] for r in after] == list(range(5, STEPS + 1))
+    reports = fault_run["reports"]
+    assert all(len(r["metrics"]) == 2 for r in reports)
+
+    # The restarted run: 2 workers up to step 9, then 1 worker from its last checkpoint, inside an epoch.
+    first, again = restarted_run["first"], restarted_run["again"]
+    assert [r["metrics"][0]["step"] for r in first] == list(range(1, len(first) + 1))
+    assert len(first) < STOPPED_AT
+    # From the newest checkpoint written before the kill, step 8 (epoch 1, step 3), read or not by Ray Train.
+    assert [r["metrics"][0]["step"] for r in again] == list(range(9, STEPS + 1))
+    assert all(len(r["metrics"]) == 1 for r in again)
+
+    # Its steps, on 2 workers and then on 1, equal those of the 2 workers of the faulty run, at every step,
+    # across the epoch boundaries after steps 5 and 10.
+    faulty, restarted = losses_by_step(reports), losses_by_step(first + again)
+    assert sorted(faulty) == sorted(restarted) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        for key in COMPARED:
+            assert restarted[step][key] == pytest.approx(faulty[step][key], rel=1e-4), (step, key)
+        assert restarted[step]["data/epoch"] == faulty[step]["data/epoch"] == step // STEPS_PER_EPOCH
+    assert faulty[STEPS]["train/loss"] < faulty[1]["train/loss"] - 1.0
 
 
-def test_an_elastic_run_gets_three_workers_that_hold_the_same_weights_and_the_loss_falls(first_run):
-    reports = first_run["reports"]
-    for report in reports:
-        assert len(report["metrics"]) == 3, "Ray Train should have started the most workers that fit"
-        rank0, *others = report["metrics"]
-        norms = [rank["optim/param_norm"] for rank in others]
-        assert all(norm == rank0["optim/param_norm"] for norm in norms), f"step {rank0['step']}"
-    losses = [report["metrics"][0]["train/loss"] for report in reports]
-    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses
-    evaluations = [r["metrics"][0] for r in reports if "eval/mlm_loss" in r["metrics"][0]]
-    assert [m["step"] for m in evaluations] == [4, 8]
-    assert evaluations[-1]["eval/mlm_loss"] < evaluations[0]["eval/mlm_loss"]
-    assert 0 <= evaluations[-1]["eval/mlm_accuracy"] <= 1 and evaluations[-1]["eval/perplexity"] > 1
-
-
-def test_a_failed_worker_resumes_from_the_last_checkpoint_and_counts_no_step_twice(first_run):
-    result, reports = first_run["result"], first_run["reports"]
-    # Steps 1-4 before the failure at step 5; the restart restores step 4's checkpoint and reports 5-8.
-    assert [r["metrics"][0]["step"] for r in reports] == list(range(1, FIRST_STEPS + 1))
-    assert result.steps == FIRST_STEPS
+def test_a_killed_worker_resumes_from_the_last_checkpoint_and_evaluates(fault_run):
+    result, reports = fault_run["result"], fault_run["reports"]
+    assert result.steps == STEPS
     final_state = read_train_state(Path(reports[-1]["checkpoint"]))
-    assert final_state["consumed_samples"] == FIRST_STEPS * GLOBAL_BATCH
-    assert final_state["config"]["train"]["max_steps"] == FIRST_STEPS
-    assert final_state["world_size"] == 3
+    assert final_state["consumed_samples"] == STEPS * GLOBAL_BATCH
+    position = (final_state["data_epoch"], final_state["data_step_in_epoch"], final_state["world_size"])
+    assert position == (STEPS // STEPS_PER_EPOCH, STEPS % STEPS_PER_EPOCH, 2)
     checkpoints = sorted(p.name for p in Path(result.run_dir).glob("checkpoint_0*"))
-    assert checkpoints == ["checkpoint_000000004", "checkpoint_000000008"]
+    assert checkpoints == [f"checkpoint_{step:09d}" for step in (STEPS - 8, STEPS - 4, STEPS)]  # the last 3
     exported = {p.name for p in Path(result.final_dir).iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= exported
+    evaluations = [r["metrics"][0] for r in reports if "eval/mlm_loss" in r["metrics"][0]]
+    assert [m["step"] for m in evaluations] == list(range(10, STEPS + 1, 10))
+    assert evaluations[-1]["eval/mlm_loss"] < evaluations[0]["eval/mlm_loss"]
+    assert 0 <= evaluations[-1]["eval/mlm_accuracy"] <= 1 and evaluations[-1]["eval/perplexity"] > 1
+    same_weights = [
+        r["metrics"][0]["optim/param_norm"] == r["metrics"][1]["optim/param_norm"] for r in reports
+    ]
+    assert all(same_weights)
 
 
-def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_batch(first_run, resumed_run):
-    first, reports, job = first_run["reports"], resumed_run["reports"], resumed_run["job"]
-    assert [r["metrics"][0]["step"] for r in reports] == list(range(FIRST_STEPS + 1, RESUMED_STEPS + 1))
-    assert all(len(r["metrics"]) == 1 for r in reports)  # one worker now
-    # Trained weights, not new ones:
-    assert reports[0]["metrics"][0]["train/loss"] < first[0]["metrics"][0]["train/loss"] - 0.5
+def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_batch(restarted_run):
+    assert "died unexpectedly" in str(restarted_run["error"])
+    (failure,) = restarted_run["first_failures"]
+    assert "died unexpectedly" in failure["1"]
+    reports, job = restarted_run["again"], restarted_run["job"]
     final_state = read_train_state(Path(reports[-1]["checkpoint"]))
-    assert (final_state["step"], final_state["consumed_samples"]) == (12, RESUMED_STEPS * GLOBAL_BATCH)
+    assert (final_state["step"], final_state["consumed_samples"]) == (STEPS, STEPS * GLOBAL_BATCH)
     assert final_state["world_size"] == 1
-    run_json = read_run_json(resumed_run["result"].run_dir)
+    run_json = read_run_json(restarted_run["result"].run_dir)
     assert run_json["config"] == json.loads(json.dumps(job.to_dict()))  # the resolved config of this start
     batch = run_json["plan"]["batch"]
     assert (batch["global_batch_size"], batch["num_workers"], batch["accumulation_steps"]) == (
         GLOBAL_BATCH,
         1,
-        2,
+        4,
     )
 
 
-def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(first_run, resumed_run, tmp_path):
-    tracking_uri = first_run["mlflow"]["tracking_uri"]
-    run_id = read_run_json(resumed_run["result"].run_dir)["mlflow_run_id"]
+def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(restarted_run, tmp_path):
+    tracking_uri = restarted_run["mlflow"]["tracking_uri"]
+    run_id = read_run_json(restarted_run["result"].run_dir)["mlflow_run_id"]
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("bert-pretrain").experiment_id])
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert run.data.params["model.preset"] == "tiny"
     assert run.data.params["train.global_batch_size"] == str(GLOBAL_BATCH)
-    # Every step once, with rank 0's value: the failure replays steps 5-8 from step 4's checkpoint, the
-    # restart continues at step 9.
+    # Every step once, with rank 0's value: step 9, run by both starts (after the checkpoint of step 8),
+    # computed the same both times.
     reported = {
-        r["metrics"][0]["step"]: r["metrics"][0]["train/loss"]
-        for r in first_run["reports"] + resumed_run["reports"]
+        step: m["train/loss"]
+        for step, m in losses_by_step(restarted_run["first"] + restarted_run["again"]).items()
     }
     history = client.get_metric_history(run_id, "train/loss")
-    assert sorted(metric.step for metric in history) == list(range(1, RESUMED_STEPS + 1))
+    assert sorted(metric.step for metric in history) == list(range(1, STEPS + 1))  # each once
     assert all(metric.value == pytest.approx(reported[metric.step]) for metric in history)
-    assert run.data.tags["checkpoint_uri"].endswith(f"checkpoint_{RESUMED_STEPS:09d}")
+    assert run.data.tags["checkpoint_uri"].endswith(f"checkpoint_{STEPS:09d}")
 
     downloaded = Path(
         download_artifacts(
