@@ -111,9 +111,7 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     if not os.environ.get("RAY_ADDRESS"):
         # A local Ray's node is never drained: no preemption watcher (one actor less to start, no error line).
         os.environ.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
-    # A local Ray without its dashboard starts 3 s sooner; the console and MLflow show the run. (A cluster
-    # that this joins keeps its own.)
-    local_ray.init_ray(log_to_driver=True, include_dashboard=False)
+    local_ray.init_ray(log_to_driver=True)
     plan_batch = plan_batches(
         job.train.global_batch_size,
         job.train.micro_batch_size,
