@@ -161,6 +161,8 @@ class RunTracker:
         if not config.enabled:
             return cls(config, run_dir)
         bound_mlflow_calls(config.flush_timeout_s)
+        # A new SQLite store announces its tables at INFO; the console names the run and its store instead.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         _save_reports(run_dir, reports)
         tracking_uri = resolve_tracking_uri(config)
         try:

@@ -268,6 +268,9 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
             failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
             callbacks=list(callbacks),
+            # Ray Train's INFO lines (the worker group starting, each checkpoint saved) stay in its log files
+            # under the Ray session's logs/train/; the console keeps its warnings and our progress lines.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
 
