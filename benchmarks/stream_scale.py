@@ -106,7 +106,8 @@ def prepare_corpus(work: str, documents: int) -> str:
     corpus = write_bert_corpus(Path(work) / "corpus.txt", make_documents(documents))
     tokenizer_dir = train_tokenizer([corpus], os.path.join(work, "tok"), TokenizerConfig(vocab_size=2000))
     prepared = os.path.join(work, "prepared")
-    prepare([corpus], tokenizer_dir, prepared, PrepareConfig(max_seq_length=128, examples_per_shard=2048))
+    config = PrepareConfig(max_seq_length=128, examples_per_shard=2048, input_format="bert")
+    prepare([corpus], tokenizer_dir, prepared, config)
     return prepared
 
 
