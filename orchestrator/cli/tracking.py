@@ -57,10 +57,9 @@ def run_ui(args: argparse.Namespace) -> int:
 def run_sync(args: argparse.Namespace) -> int:
     """Send what the run directory keeps unsent."""
     from orchestrator.tracking.run import sync_run
-    from orchestrator.train.checkpoints import find_resume_checkpoint, read_train_state
+    from orchestrator.train.checkpoints import find_resume_checkpoint
 
-    newest = find_resume_checkpoint(args.run_dir).path
-    reports = read_train_state(newest).get("reports", []) if newest else []
+    reports = find_resume_checkpoint(args.run_dir).train_state.get("reports", [])
     sent, link = sync_run(args.run_dir, args.tracking_uri, reports)
     if not link:
         print(f"Nothing to send: {args.run_dir} keeps no unsent MLflow records.")

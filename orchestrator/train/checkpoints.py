@@ -22,7 +22,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +125,7 @@ def load_checkpoint(
         rng_states = torch.load(directory / RNG_FILE, weights_only=True)
     if rank < len(rng_states):
         set_rng_state(rng_states[rank])
-    saved = json.loads((directory / TRAIN_STATE_FILE).read_text())
-    fields = {f.name for f in dataclasses.fields(TrainState)}
-    return TrainState(**{k: v for k, v in saved.items() if k in fields})
+    return position_of(json.loads((directory / TRAIN_STATE_FILE).read_text()))
 
 
 @contextlib.contextmanager
@@ -144,6 +142,12 @@ def _naming_damaged_file(directory: Path, name: str) -> Iterator[None]:
 def read_train_state(directory: str | Path) -> dict[str, Any]:
     """The checkpoint's train_state.json (position, resolved config, reports); local or in a bucket."""
     return json.loads(storage.read_text(storage.join(directory, TRAIN_STATE_FILE)))
+
+
+def position_of(train_state: dict[str, Any]) -> TrainState:
+    """The position (step, samples, data epoch and step, world size) a train_state.json holds."""
+    fields = {f.name for f in dataclasses.fields(TrainState)}
+    return TrainState(**{k: v for k, v in train_state.items() if k in fields})
 
 
 def checkpoint_problem(name: str, sizes: dict[str, int], train_state: str | None) -> str | None:
@@ -177,6 +181,12 @@ class ResumePoint:
     step: int
     skipped: list[tuple[str, str]]
     """(folder name, why) of each newer checkpoint that is damaged or was not finished."""
+    train_state: dict[str, Any] = field(default_factory=dict)
+    """That checkpoint's train_state.json (position, config, the reports it keeps); {} without one."""
+
+    @property
+    def position(self) -> TrainState:
+        return position_of(self.train_state)
 
 
 def _step_of(name: str) -> int:
@@ -185,6 +195,11 @@ def _step_of(name: str) -> int:
 
 def checked_checkpoints(run_dir: str) -> list[tuple[str, str | None]]:
     """(folder name, problem or None) of each of the run's checkpoints, newest first."""
+    return [(name, problem) for name, problem, _ in _checked_with_state(run_dir)]
+
+
+def _checked_with_state(run_dir: str) -> list[tuple[str, str | None, str | None]]:
+    """`checked_checkpoints` with the text of each one's train_state.json (None when there is none)."""
     found: dict[str, dict[str, int]] = {}
     for path, size in storage.file_sizes(run_dir).items():
         folder, _, file = path.partition("/")
@@ -195,7 +210,7 @@ def checked_checkpoints(run_dir: str) -> list[tuple[str, str | None]]:
         sizes = found[name]
         state_file = storage.join(run_dir, name, TRAIN_STATE_FILE)
         state = storage.read_text(state_file) if TRAIN_STATE_FILE in sizes else None
-        checked.append((name, checkpoint_problem(name, sizes, state)))
+        checked.append((name, checkpoint_problem(name, sizes, state), state))
     return checked
 
 
@@ -204,9 +219,9 @@ def find_resume_checkpoint(run_dir: str) -> ResumePoint:
     train_state.json records), whatever Ray Train's own list of checkpoints says; and why each newer one is
     skipped."""
     skipped = []
-    for name, problem in checked_checkpoints(run_dir):
+    for name, problem, state in _checked_with_state(run_dir):
         if problem is None:
-            return ResumePoint(storage.join(run_dir, name), _step_of(name), skipped)
+            return ResumePoint(storage.join(run_dir, name), _step_of(name), skipped, json.loads(state))
         skipped.append((name, problem))
     return ResumePoint(None, 0, skipped)
 

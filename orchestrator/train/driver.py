@@ -43,7 +43,6 @@ from orchestrator.train.checkpoints import (
     export_final,
     find_resume_checkpoint,
     prune_checkpoints,
-    read_train_state,
 )
 from orchestrator.train.failures import StopOnUserError, user_error_in
 from orchestrator.train.init_from import Donor, adopt_donor, donor_tags, model_config, read_donor
@@ -133,7 +132,7 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
     resolved = job.to_dict()
     update_run_json(run_dir, config=resolved, plan=plan.to_dict())
 
-    reports = read_train_state(resume.path).get("reports", []) if resume.path else []
+    reports = resume.train_state.get("reports", [])
     tracker = RunTracker.open(job.mlflow, run_dir, job.checkpoint.run_name, reports)
     if tracker.link:
         print(f"MLflow run: {tracker.link}", flush=True)
@@ -142,17 +141,16 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
         tracker.set_tags(_run_tags(job, manifest, donor))
         trainer = build_trainer(job, plan, splits, [tracker.callback(), StopOnUserError(), *callbacks])
         result = fit(trainer, run_dir)
-        last = find_resume_checkpoint(run_dir).path
+        last = find_resume_checkpoint(run_dir)
         final_dir = storage.join(run_dir, "final")
         with (
-            storage.local_input(last) as checkpoint_dir,
+            storage.local_input(last.path) as checkpoint_dir,
             storage.local_output(final_dir) as local_final,
             storage.local_input(storage.join(job.data.prepared_dir, MANIFEST_FILE)) as manifest_file,
         ):
             export_final(Path(checkpoint_dir), job.data.tokenizer_dir, Path(local_final))
             tracker.log_final(local_final, {"data_manifest": manifest_file})
-            steps = read_train_state(Path(checkpoint_dir))["step"]
-        tracker.set_tags({"checkpoint_uri": last})
+        tracker.set_tags({"checkpoint_uri": last.path})
         update_run_json(run_dir, final_dir=final_dir)
         prune_checkpoints(run_dir, job.checkpoint.keep)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a stop; Ray Train ends an aborted fit with SystemExit
@@ -164,7 +162,7 @@ def train(job: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> T
             raise user_error from None
         raise
     tracker.end("FINISHED")
-    return TrainingResult(run_dir, final_dir, steps, dict(result.metrics or {}), tracker.link)
+    return TrainingResult(run_dir, final_dir, last.step, dict(result.metrics or {}), tracker.link)
 
 
 def fit(trainer: TorchTrainer, run_dir: str) -> ray.train.Result:

@@ -61,7 +61,6 @@ from orchestrator.train.checkpoints import (
     find_resume_checkpoint,
     init_weights_from,
     load_checkpoint,
-    read_train_state,
     rng_state,
     save_checkpoint,
 )
@@ -181,7 +180,7 @@ def start_train_stream(
     """This rank's rows from the resume point's position to the last step, already being fetched: a stream's
     start (Ray Data tasks in new processes) takes seconds, and so does the model's (torch's first optimizer
     imports its compiler), so the stream starts first and the two overlap."""
-    position = saved_position(resume.path) if resume.path else TrainState()
+    position = resume.position
     stream = rank_train_stream(
         train_split,
         epoch_order(job, train_split),
@@ -195,12 +194,6 @@ def start_train_stream(
     return ExactBatches(
         fetch_ahead(stream.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
     )
-
-
-def saved_position(checkpoint_path: str) -> TrainState:
-    """The position a checkpoint holds, from its train_state.json alone (local or in a bucket)."""
-    saved = read_train_state(checkpoint_path)
-    return TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState) if f.name in saved})
 
 
 def restore_state(
