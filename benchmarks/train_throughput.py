@@ -33,8 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data import build_train_dataset, make_collate_fn
 from model import BertConfig, BertForPreTraining
-from orchestrator.config import OptimConfig, config_from_dict
-from orchestrator.train.driver import resolve_job, train
+from orchestrator.config import OptimConfig, config_from_dict, with_absolute_paths
+from orchestrator.train.driver import train
 from orchestrator.train.optim import build_optimizer
 from orchestrator.train.preflight import ensure_prepared_data
 
@@ -85,7 +85,7 @@ def job_config(root: Path, args: argparse.Namespace, num_workers: int) -> dict:
 
 def collect_batches(root: Path, args: argparse.Namespace) -> list[dict[str, torch.Tensor]]:
     """The first `--steps` masked global batches of epoch 0, collated in memory."""
-    job = resolve_job(config_from_dict(job_config(root, args, 1)))
+    job = with_absolute_paths(config_from_dict(job_config(root, args, 1)))
     dataset = build_train_dataset(job.data.prepared_dir, job.masking, seed=0, epoch=0)
     collate = make_collate_fn(job.masking, args.seq)
     batches = []
@@ -154,7 +154,7 @@ def ray_run_tokens_per_s(
 ) -> tuple[float, float, float]:
     """(steady tokens/s, whole-run tokens/s, fit wall seconds) of a Ray Train run."""
     metrics_path = root / f"metrics-{num_workers}.jsonl"
-    job = resolve_job(config_from_dict(job_config(root, args, num_workers)))
+    job = with_absolute_paths(config_from_dict(job_config(root, args, num_workers)))
     started = time.perf_counter()
     train(job, callbacks=[MetricsFile(str(metrics_path))])
     wall = time.perf_counter() - started
@@ -178,7 +178,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        manifest = ensure_prepared_data(resolve_job(config_from_dict(job_config(root, args, 1))))
+        manifest = ensure_prepared_data(with_absolute_paths(config_from_dict(job_config(root, args, 1))))
         batches = collect_batches(root, args)
         vocab, skip = manifest.vocab_size, args.log_every
         bare = bare_loop_tokens_per_s(args.preset, vocab, batches, skip)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from data.errors import DataError
+from data.errors import InvalidDataSetting
 
 INPUT_FORMATS = ("auto", "bert", "text", "jsonl", "parquet", "hf")
 OBJECTIVES = ("mlm+nsp", "mlm")
@@ -51,26 +51,31 @@ class PrepareConfig:
 
     def validate(self) -> None:
         if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH:
-            raise DataError(
-                f"max_seq_length is {self.max_seq_length}; use 8 to {MAX_SEQ_LENGTH} (128 and 512 are usual):"
-                f" every model preset has {MAX_SEQ_LENGTH} positions"
+            raise InvalidDataSetting(
+                "max_seq_length",
+                f"is {self.max_seq_length}; use 8 to {MAX_SEQ_LENGTH} (128 and 512 are usual): every model "
+                f"preset has {MAX_SEQ_LENGTH} positions",
             )
         if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise DataError(f"short_seq_prob is {self.short_seq_prob}; use a probability in [0, 1]")
+            raise InvalidDataSetting(
+                "short_seq_prob", f"is {self.short_seq_prob}; use a probability in [0, 1]"
+            )
         if self.objective not in OBJECTIVES:
-            raise DataError(f"objective {self.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
+            raise InvalidDataSetting(
+                "objective", f"{self.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
+            )
         if not 0.0 <= self.eval_fraction < 1.0:
-            raise DataError(f"eval_fraction is {self.eval_fraction}; use a share in [0, 1)")
+            raise InvalidDataSetting("eval_fraction", f"is {self.eval_fraction}; use a share in [0, 1)")
         if self.input_format not in INPUT_FORMATS:
-            raise DataError(
-                f"input format {self.input_format!r} is unknown; choose one of {', '.join(INPUT_FORMATS)}"
+            raise InvalidDataSetting(
+                "input_format", f"{self.input_format!r} is unknown; choose one of {', '.join(INPUT_FORMATS)}"
             )
         if self.documents not in DOCUMENT_RULES:
-            raise DataError(
-                f"documents {self.documents!r} is unknown; choose one of {', '.join(DOCUMENT_RULES)}"
+            raise InvalidDataSetting(
+                "documents", f"{self.documents!r} is unknown; choose one of {', '.join(DOCUMENT_RULES)}"
             )
         if self.examples_per_shard < 1:
-            raise DataError(f"examples_per_shard is {self.examples_per_shard}; use 1 or more")
+            raise InvalidDataSetting("examples_per_shard", f"is {self.examples_per_shard}; use 1 or more")
 
     def output_settings(self) -> dict:
         """The settings that shape the output (what a prepared directory is reused on)."""
@@ -94,23 +99,28 @@ class MaskingConfig:
 
     def validate(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
-            raise DataError(f"mlm_probability is {self.mlm_probability}; use a probability in (0, 1)")
+            raise InvalidDataSetting(
+                "mlm_probability", f"is {self.mlm_probability}; use a probability in (0, 1)"
+            )
         if (
             self.mask_token_fraction < 0
             or self.random_token_fraction < 0
             or (self.mask_token_fraction + self.random_token_fraction > 1.0)
         ):
-            raise DataError(
+            raise InvalidDataSetting(
+                None,
                 f"mask_token_fraction {self.mask_token_fraction} + random_token_fraction "
-                f"{self.random_token_fraction} must be non-negative and sum to at most 1"
+                f"{self.random_token_fraction} must be non-negative and sum to at most 1",
             )
         if self.pad_to not in PAD_TO_CHOICES:
-            raise DataError(f"pad_to {self.pad_to!r} is unknown; choose one of {', '.join(PAD_TO_CHOICES)}")
+            raise InvalidDataSetting(
+                "pad_to", f"{self.pad_to!r} is unknown; choose one of {', '.join(PAD_TO_CHOICES)}"
+            )
         if self.pad_to_multiple_of < 1:
-            raise DataError(f"pad_to_multiple_of is {self.pad_to_multiple_of}; use 1 or more")
+            raise InvalidDataSetting("pad_to_multiple_of", f"is {self.pad_to_multiple_of}; use 1 or more")
 
 
-def config_from_dict(cls: type, values: dict):
+def settings_from_dict(cls: type, values: dict):
     """Build `cls` from a dict read back from JSON, ignoring keys this version does not know."""
     known = {f.name for f in fields(cls)}
     return cls(**{key: value for key, value in values.items() if key in known})
@@ -126,6 +136,8 @@ class StreamConfig:
 
     def validate(self) -> None:
         if self.partitions < 1:
-            raise DataError(f"stream partitions is {self.partitions}; use 1 or more (1024 suits any cluster)")
+            raise InvalidDataSetting(
+                "partitions", f"is {self.partitions}; use 1 or more (1024 suits any cluster)"
+            )
         if self.shuffle_window < 1:
-            raise DataError(f"stream shuffle_window is {self.shuffle_window}; use 1 or more rows")
+            raise InvalidDataSetting("shuffle_window", f"is {self.shuffle_window}; use 1 or more rows")

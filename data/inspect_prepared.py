@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from data import storage
+from common import storage
+from common.batch import IGNORE_INDEX
 from data.config import MaskingConfig
 from data.manifest import TOKENIZER_DIR, load_manifest
-from data.masking import IGNORE_INDEX
 from data.stream import build_train_dataset
 from data.tokenizer import load_tokenizer
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from data import storage
-from data.config import PrepareConfig, config_from_dict
+from common import storage
+from common.redact import redact
+from data.config import PrepareConfig, settings_from_dict
 from data.errors import DataError
-from data.redact import redact
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -62,7 +62,7 @@ def load_manifest(prepared_dir: str) -> Manifest:
         )
     try:
         values = json.loads(storage.read_text(path))
-        values["settings"] = config_from_dict(PrepareConfig, values["settings"])
+        values["settings"] = settings_from_dict(PrepareConfig, values["settings"])
         return Manifest(**values)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DataError(f"{path} is unreadable ({error}); run `bert-pretrain prepare` again") from error

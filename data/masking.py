@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.batch import IGNORE_INDEX
 from data.config import MaskingConfig
 from data.hashing import splitmix64, stream_key
 from data.tokenizer import SPECIAL_TOKENS
 
-IGNORE_INDEX = -100
-"""mlm_labels value where nothing is predicted."""
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _TWO_TO_32 = float(1 << 32)
 

@@ -31,7 +31,7 @@ import uuid
 
 import numpy as np
 
-from data import storage
+from common import storage
 from data.build import BuildSettings, build_eval_unit, build_units
 from data.config import PrepareConfig
 from data.errors import DataError
@@ -108,7 +108,7 @@ def prepare(
 
 def ensure_ray() -> None:
     """Join the cluster in RAY_ADDRESS (or one `ray start` runs here), or start a local one on 127.0.0.1."""
-    from data.local_ray import init_ray
+    from common.local_ray import init_ray
 
     init_ray(include_dashboard=False)
 

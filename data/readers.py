@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from data import storage
+from common import storage
 from data.errors import DataError
 from data.hashing import text_key
 

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data import storage
+from common import storage
 from data.hashing import combine, stream_key
 
 SHARD_COLUMNS = ("example_id", "input_ids", "token_type_ids", "next_sentence_label")

@@ -7,9 +7,9 @@ store budget per rank. What a rank reads is fixed by the plan; no actor sits bet
 ranks. `rank_eval_stream` gives each rank a contiguous slice of the held-out split.
 
 `build_train_dataset` is the whole split in its written order (for `data inspect`, `eval` and tests).
-`make_collate_fn` pads a batch of unpadded rows into the batch schema of DESIGN.md, to the longest example of
-the batch or to `max_seq_length`; the trainer cuts its rows with `ExactBatches` and pads each cut with the
-collate function's `collate_table`.
+`make_collate_fn` pads a batch of unpadded rows into the batch schema of `common.batch`, to the longest
+example of the batch or to `max_seq_length`; the trainer cuts its rows with `ExactBatches` and pads each cut
+with the collate function's `collate_table`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import pyarrow.parquet as pq
 from ray.data.collate_fn import NumpyBatchCollateFn
 from tokenizers import Tokenizer
 
-from data import storage
+from common import storage
+from common.batch import IGNORE_INDEX
 from data.config import MaskingConfig
 from data.errors import DataError
 from data.manifest import TOKENIZER_DIR, Manifest, load_manifest
-from data.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
+from data.masking import MaskingVocab, mask_tokens
 from data.order import EpochOrder, batch_slices
 from data.shards import shard_sizes
 from data.tokenizer import load_tokenizer, tokenizer_hash
@@ -271,7 +272,7 @@ def mask_batch(
 
 
 class PadAndCollate(NumpyBatchCollateFn):
-    """Unpadded masked rows (numpy) -> the padded torch batch of DESIGN.md."""
+    """Unpadded masked rows (numpy) -> the padded torch batch (`common.batch.MODEL_INPUTS`)."""
 
     def __init__(self, masking: MaskingConfig, max_seq_length: int, pad_token_id: int) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ import posixpath
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from data import storage
+from common import storage
 from data.config import TokenizerConfig
 from data.errors import DataError
 
@@ -22,6 +22,9 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 """In id order: a tokenizer we train has [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4."""
 TOKENIZER_FILE, VOCAB_FILE, CONFIG_FILE = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+TOKENIZER_FILES = (TOKENIZER_FILE, VOCAB_FILE, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE)
+"""What a tokenizer folder holds (and what a model folder holds beside the weights)."""
 
 
 def train_tokenizer(
@@ -84,7 +87,7 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, lowercase: bool) -> None:
         **special_map,
     }
     _write_json(storage.join(out_dir, CONFIG_FILE), tokenizer_config)
-    _write_json(storage.join(out_dir, "special_tokens_map.json"), special_map)
+    _write_json(storage.join(out_dir, SPECIAL_TOKENS_MAP_FILE), special_map)
 
 
 def _write_json(path: str, value: dict) -> None:

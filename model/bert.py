@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from common.batch import IGNORE_INDEX
 from model.config import BertConfig
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from common.errors import UserError
 from model.config import BertConfig
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ NSP_HEAD_TENSOR = "cls.seq_relationship.weight"
 _VOCABULARY_ROWS = ("bert.embeddings.word.weight", "mlm_bias")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint directory or file that cannot be read as a BERT checkpoint."""
 
 

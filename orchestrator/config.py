@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sys
 import types
 import typing
@@ -19,10 +20,11 @@ from typing import Any, Literal
 
 import yaml
 
+from common import storage
+from common.errors import InvalidSetting, UserError
 from data.config import MaskingConfig, PrepareConfig, StreamConfig, TokenizerConfig
-from data.errors import DataError
+from data.readers import BUILTIN_CORPUS_WORD
 from model import PRESETS
-from orchestrator.errors import UserError
 
 AUTO_PRESET = "auto"
 """model.preset: take the sizes of checkpoint.init_from (tiny when training from scratch)."""
@@ -48,6 +50,12 @@ class ModelConfig:
     """On GPU, the attention of batches with padding (which run on their real tokens only): "sdpa" (nested
     tensors through scaled_dot_product_attention, with attention dropout) or "varlen" (torch's varlen_attn,
     without attention dropout). The run's first line says which one it took."""
+
+    def validate(self) -> None:
+        if self.preset not in (AUTO_PRESET, *PRESETS):
+            raise InvalidSetting(
+                "preset", f": {self.preset!r} is not one of {', '.join((*PRESETS, AUTO_PRESET))}"
+            )
 
 
 @dataclass
@@ -87,6 +95,12 @@ class TrainConfig:
     fail_at_step: int | None = None
     """Fault injection for tests: rank 1's process (rank 0's alone) is killed at this step, once per run."""
 
+    def validate(self) -> None:
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise InvalidSetting(None, "set exactly one of max_steps and max_tokens")
+        _check_positive(self, "global_batch_size", "micro_batch_size", "max_steps", "max_tokens", "log_every")
+        _check_non_negative(self, "eval_every")
+
 
 @dataclass
 class OptimConfig:
@@ -107,6 +121,12 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 = no clipping."""
 
+    def validate(self) -> None:
+        # lr 0 keeps the weights: scores a checkpoint on new data through the same run
+        _check_non_negative(self, "weight_decay", "lr", "warmup_steps", "max_grad_norm")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise InvalidSetting("betas", f"must be two numbers in [0, 1), got {self.betas}")
+
 
 @dataclass
 class ScalingConfig:
@@ -126,6 +146,15 @@ class ScalingConfig:
     """CPUs left free for Ray Data (reading and masking); refused if the cluster cannot spare them."""
     elastic_check_s: float = 60.0
     """How often a running elastic run looks for room for more workers (it shrinks at once on a loss)."""
+
+    def validate(self) -> None:
+        _check_positive(self, "num_workers", "cpus_per_worker", "threads_per_worker")
+        _check_non_negative(self, "data_cpus", "elastic_check_s")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise InvalidSetting(
+                "min_workers",
+                f"must be between 1 and scaling.num_workers={self.num_workers}, got {self.min_workers}",
+            )
 
     @property
     def elastic(self) -> bool:
@@ -155,6 +184,12 @@ class CheckpointConfig:
     """Worker failures to recover from (restarting from the latest checkpoint) before the run fails."""
     init_from: str | None = None
     """Start a new run from the weights (only) of this checkpoint or HF model folder; --init-from sets it."""
+
+    def validate(self) -> None:
+        _check_positive(self, "every", "keep")
+        _check_non_negative(self, "max_failures")
+        if not self.run_name or "/" in self.run_name:
+            raise InvalidSetting("run_name", f"must be a plain folder name, got {self.run_name!r}")
 
 
 @dataclass
@@ -204,9 +239,29 @@ class JobConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     """Experiment tracking."""
 
+    def validate(self) -> None:
+        """The settings that are valid alone but not together (each section checks its own first)."""
+        if self.data.prepare.objective == "mlm" and self.model.use_nsp:
+            raise InvalidSetting(
+                None, "data.prepare.objective is 'mlm' (no sentence pairs): set model.use_nsp: false"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain YAML/JSON-able data (loads back with `config_from_dict`)."""
         return dataclasses.asdict(self)
+
+
+def _check_positive(section: Any, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if value is not None and value <= 0:
+            raise InvalidSetting(key, f"must be positive, got {value}")
+
+
+def _check_non_negative(section: Any, *keys: str) -> None:
+    for key in keys:
+        if (value := getattr(section, key)) < 0:
+            raise InvalidSetting(key, f"must be >= 0, got {value}")
 
 
 def load_config(path_or_name: str, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
@@ -287,24 +342,46 @@ WorkerCount = int | tuple[int, int]
 """--num-workers: a fixed count, or (min, max) for an elastic run."""
 
 
-def apply_scaling_flags(
-    config: JobConfig, num_workers: WorkerCount | None, use_gpu: bool | None
-) -> JobConfig:
-    """The command line's --num-workers and --gpu/--cpu over the recipe's scaling section, validated."""
-    scaling = config.scaling
+def flag_overrides(
+    num_workers: WorkerCount | None = None, use_gpu: bool | None = None, init_from: str | None = None
+) -> list[str]:
+    """The command line's --num-workers, --gpu/--cpu and --init-from as dotted overrides, validated with the
+    recipe's other settings by `load_config`."""
+    overrides = []
     if num_workers is not None:
         low, high = num_workers if isinstance(num_workers, tuple) else (None, num_workers)
-        scaling = dataclasses.replace(scaling, num_workers=high, min_workers=low)
+        overrides += [f"scaling.num_workers={high}", f"scaling.min_workers={json.dumps(low)}"]
     if use_gpu is not None:
-        scaling = dataclasses.replace(scaling, use_gpu=use_gpu)
-    return config_from_dict(dataclasses.replace(config, scaling=scaling).to_dict())
+        overrides.append(f"scaling.use_gpu={json.dumps(use_gpu)}")
+    if init_from:
+        overrides.append(f"checkpoint.init_from={json.dumps(init_from)}")  # a JSON string is YAML
+    return overrides
+
+
+def with_absolute_paths(config: JobConfig) -> JobConfig:
+    """The config with its local paths made absolute (the workers run in other folders); URIs and the
+    embedded corpus stay as they are."""
+    checkpoint = dataclasses.replace(
+        config.checkpoint,
+        storage_path=storage.absolute(config.checkpoint.storage_path),
+        init_from=storage.absolute(config.checkpoint.init_from),
+    )
+    corpus = [
+        entry if entry == BUILTIN_CORPUS_WORD else storage.absolute(entry) for entry in config.data.corpus
+    ]
+    data_paths = dataclasses.replace(
+        config.data,
+        corpus=corpus,
+        tokenizer_dir=storage.absolute(config.data.tokenizer_dir) if config.data.tokenizer_dir else "",
+        prepared_dir=storage.absolute(config.data.prepared_dir),
+    )
+    return dataclasses.replace(config, checkpoint=checkpoint, data=data_paths)
 
 
 def config_from_dict(raw: dict[str, Any]) -> JobConfig:
-    """Build the typed config from plain data, strictly; then check the settings that depend on each other."""
-    config = _build_dataclass(JobConfig, raw, "")
-    _validate(config)
-    return config
+    """Build the typed config from plain data, strictly: each section checks its own settings as it is built
+    (`validate()`), then the whole config the settings that depend on each other."""
+    return _build_dataclass(JobConfig, raw, "")
 
 
 def _build_dataclass(cls: type, raw: Any, section: str) -> Any:
@@ -318,12 +395,15 @@ def _build_dataclass(cls: type, raw: Any, section: str) -> Any:
         if key not in fields:
             raise UserError(f"unknown key {key!r} in {where}; valid keys: {', '.join(fields)}")
         values[key] = _convert(hints[key], value, f"{section}.{key}" if section else key)
+    built = cls(**values)
     try:
-        built = cls(**values)
-        if hasattr(built, "validate"):  # the data sections check their own ranges
+        if hasattr(built, "validate"):  # a section with settings to check checks them itself
             built.validate()
-    except (TypeError, ValueError, DataError) as error:
-        raise UserError(f"{section or 'config'}: {error}") from None
+    except InvalidSetting as error:
+        if error.key is None:
+            raise UserError(f"{section}: {error.problem}" if section else error.problem) from None
+        key = f"{section}.{error.key}" if section else error.key
+        raise UserError(InvalidSetting.render(key, error.problem)) from None
     return built
 
 
@@ -361,52 +441,3 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise UserError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
-
-
-def _validate(config: JobConfig) -> None:
-    """Settings that are valid alone but not together, or out of range."""
-    train, optim, scaling, checkpoint = config.train, config.optim, config.scaling, config.checkpoint
-    if config.model.preset not in (AUTO_PRESET, *PRESETS):
-        choices = ", ".join((*PRESETS, AUTO_PRESET))
-        raise UserError(f"model.preset: {config.model.preset!r} is not one of {choices}")
-    if config.data.prepare.objective == "mlm" and config.model.use_nsp:
-        raise UserError("data.prepare.objective is 'mlm' (no sentence pairs): set model.use_nsp: false")
-    if (train.max_steps is None) == (train.max_tokens is None):
-        raise UserError("train: set exactly one of max_steps and max_tokens")
-    positive = {
-        "train.global_batch_size": train.global_batch_size,
-        "train.micro_batch_size": train.micro_batch_size,
-        "train.max_steps": train.max_steps or 1,
-        "train.max_tokens": train.max_tokens or 1,
-        "train.log_every": train.log_every,
-        "scaling.num_workers": scaling.num_workers,
-        "scaling.cpus_per_worker": scaling.cpus_per_worker,
-        "scaling.threads_per_worker": scaling.threads_per_worker,
-        "checkpoint.every": checkpoint.every,
-        "checkpoint.keep": checkpoint.keep,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"{key} must be positive, got {value}")
-    non_negative = {
-        "train.eval_every": train.eval_every,
-        "optim.weight_decay": optim.weight_decay,
-        "optim.lr": optim.lr,  # 0 keeps the weights: scores a checkpoint on new data through the same run
-        "optim.warmup_steps": optim.warmup_steps,
-        "optim.max_grad_norm": optim.max_grad_norm,
-        "scaling.data_cpus": scaling.data_cpus,
-        "scaling.elastic_check_s": scaling.elastic_check_s,
-        "checkpoint.max_failures": checkpoint.max_failures,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise UserError(f"{key} must be >= 0, got {value}")
-    if scaling.min_workers is not None and not 1 <= scaling.min_workers <= scaling.num_workers:
-        raise UserError(
-            f"scaling.min_workers must be between 1 and scaling.num_workers={scaling.num_workers}, "
-            f"got {scaling.min_workers}"
-        )
-    if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
-        raise UserError(f"optim.betas must be two numbers in [0, 1), got {optim.betas}")
-    if not checkpoint.run_name or "/" in checkpoint.run_name:
-        raise UserError(f"checkpoint.run_name must be a plain folder name, got {checkpoint.run_name!r}")

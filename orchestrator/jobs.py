@@ -23,10 +23,11 @@ from pathlib import Path
 
 import yaml
 
-from data import storage
+from common import storage
+from common.console import say
+from common.errors import UserError
 from orchestrator.config import JobConfig
-from orchestrator.errors import UserError
-from orchestrator.tracking.run import resolve_tracking_uri, run_link
+from orchestrator.tracking.client import resolve_tracking_uri, run_link
 from orchestrator.train.resources import plan_batches
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # where `ray dashboard cluster.yaml` forwards the head's dashboard
@@ -173,7 +174,7 @@ def submit_run(client, config: JobConfig) -> str:
             f"jobs logs {run_name} --follow` or stop it with `bert-pretrain jobs stop {run_name}`"
         )
     if previous is not None:
-        print(f"Replacing the {previous} job record {run_name!r}; the run resumes from its last checkpoint.")
+        say(f"Replacing the {previous} job record {run_name!r}; the run resumes from its last checkpoint.")
         client.delete_job(run_name)
     # The config travels in an environment variable that the entrypoint pipes to `train --config -`: no file
     # on the cluster holds its secrets. Not a working_dir: Ray unpacks a job's working_dir again for each new
@@ -226,7 +227,7 @@ def follow_logs(client, job_id: str, on_chunk=None) -> str:
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
-            print(chunk, end="", flush=True)
+            say(chunk, end="")
             if on_chunk is not None:
                 on_chunk()
 

@@ -43,7 +43,7 @@ def ray_session(s3_server):
     import ray
     from ray.data import DataContext
 
-    from data.local_ray import init_ray
+    from common.local_ray import init_ray
 
     init_ray(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False

@@ -7,8 +7,8 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from data.redact import redact_text
-from orchestrator.errors import Interrupted, UserError
+from common.errors import Interrupted, UserError
+from common.redact import redact_text
 
 # Each command module exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
 # They import torch and Ray inside their handlers, so that `--help` stays fast.
@@ -19,19 +19,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "orchestrator.cli.inference",
     "orchestrator.cli.jobs",
 )
-
-
-def _is_user_error(error: BaseException) -> bool:
-    """Errors that describe bad input (ours, the data pipeline's, a bad checkpoint) rather than a bug."""
-    import importlib
-
-    if isinstance(error, UserError):
-        return True
-    for module_name, class_name in (("data", "DataError"), ("model", "CheckpointError")):
-        module = importlib.import_module(module_name)
-        if isinstance(error, getattr(module, class_name)):
-            return True
-    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = str(interrupt) if isinstance(interrupt, Interrupted) else "run it again to start over"
         print(f"\nbert-pretrain {args.command}: interrupted; {redact_text(detail)}", file=sys.stderr)
         return 130
-    except Exception as error:
-        if not _is_user_error(error):
-            print(redact_text("".join(traceback.format_exception(error))), end="", file=sys.stderr)
-            return 1
+    except UserError as error:  # bad input, of any package: one line
         print(f"bert-pretrain {args.command}: error: {redact_text(str(error))}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug: the traceback
+        print(redact_text("".join(traceback.format_exception(error))), end="", file=sys.stderr)
+        return 1

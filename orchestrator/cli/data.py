@@ -8,17 +8,25 @@ from __future__ import annotations
 import argparse
 import json
 
+from common.console import say
+
 CORPUS_HELP = (
     "corpus files, directories, globs or URIs (s3://, gs://); the word `builtin` is the embedded default "
     "corpus (the Python standard library's docstrings)"
 )
-FORMAT_CHOICES = ("auto", "bert", "text", "jsonl", "parquet", "hf")
 
 
 def add_corpus_format_arguments(parser: argparse.ArgumentParser) -> None:
     """--format and --text-field: how to read a corpus (shared by every command that reads one)."""
-    parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="corpus format")
-    parser.add_argument("--text-field", default="text", help="JSONL field / Parquet or HF column of the text")
+    from data.config import INPUT_FORMATS, PrepareConfig
+
+    defaults = PrepareConfig()
+    parser.add_argument(
+        "--format", default=defaults.input_format, choices=INPUT_FORMATS, help="corpus format"
+    )
+    parser.add_argument(
+        "--text-field", default=defaults.text_field, help="JSONL field / Parquet or HF column of the text"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
+    from data.config import TokenizerConfig
+
+    defaults = TokenizerConfig()
     tokenizer = subparsers.add_parser(
         "tokenizer", help="train a WordPiece tokenizer", description="Tokenizers."
     )
@@ -41,8 +52,18 @@ def _register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
         "transformers.BertTokenizerFast.from_pretrained(DIR) loads.",
     )
     train.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help=CORPUS_HELP)
-    train.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (default 30522)")
-    train.add_argument("--min-frequency", type=int, default=2, help="least count of a learned piece")
+    train.add_argument(
+        "--vocab-size",
+        type=int,
+        default=defaults.vocab_size,
+        help=f"vocabulary size (default {defaults.vocab_size})",
+    )
+    train.add_argument(
+        "--min-frequency",
+        type=int,
+        default=defaults.min_frequency,
+        help=f"least count of a learned piece (default {defaults.min_frequency})",
+    )
     train.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer to")
     train.add_argument("--cased", action="store_true", help="keep case and accents (default: uncased)")
     add_corpus_format_arguments(train)
@@ -50,6 +71,9 @@ def _register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_prepare(subparsers: argparse._SubParsersAction) -> None:
+    from data.config import DOCUMENT_RULES, MAX_SEQ_LENGTH, OBJECTIVES, PrepareConfig
+
+    defaults = PrepareConfig()
     prepare = subparsers.add_parser(
         "prepare",
         help="tokenize a corpus into sentence-pair examples (Parquet shards) with Ray",
@@ -64,23 +88,36 @@ def _register_prepare(subparsers: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument("--out", required=True, metavar="DIR", help="prepared directory to write")
     prepare.add_argument(
-        "--max-seq-length", type=int, default=128, help="tokens per example, at most 512 (default 128)"
+        "--max-seq-length",
+        type=int,
+        default=defaults.max_seq_length,
+        help=f"tokens per example, at most {MAX_SEQ_LENGTH} (default {defaults.max_seq_length})",
     )
     prepare.add_argument(
-        "--short-seq-prob", type=float, default=0.1, help="chance of a shorter target length"
+        "--short-seq-prob",
+        type=float,
+        default=defaults.short_seq_prob,
+        help=f"chance of a shorter target length (default {defaults.short_seq_prob})",
     )
-    prepare.add_argument("--objective", default="mlm+nsp", choices=("mlm+nsp", "mlm"), help="example kind")
+    prepare.add_argument("--objective", default=defaults.objective, choices=OBJECTIVES, help="example kind")
     prepare.add_argument(
         "--documents",
-        default="file",
-        choices=("file", "blank-line"),
+        default=defaults.documents,
+        choices=DOCUMENT_RULES,
         help="plain text: a file is a document (default), or blank lines separate documents (the BERT "
         "format always uses blank lines; a JSONL/Parquet/HF row is a document)",
     )
-    prepare.add_argument("--eval-fraction", type=float, default=0.0, help="share of documents held out")
-    prepare.add_argument("--seed", type=int, default=12345, help="seed of every random choice")
+    prepare.add_argument(
+        "--eval-fraction", type=float, default=defaults.eval_fraction, help="share of documents held out"
+    )
+    prepare.add_argument("--seed", type=int, default=defaults.seed, help="seed of every random choice")
     add_corpus_format_arguments(prepare)
-    prepare.add_argument("--examples-per-shard", type=int, default=65536, help="examples per Parquet shard")
+    prepare.add_argument(
+        "--examples-per-shard",
+        type=int,
+        default=defaults.examples_per_shard,
+        help=f"examples per Parquet shard (default {defaults.examples_per_shard})",
+    )
     prepare.set_defaults(func=run_prepare)
 
 
@@ -104,9 +141,10 @@ def _register_inspect(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_tokenizer_train(args: argparse.Namespace) -> int:
-    from data import TokenizerConfig, load_tokenizer, storage, train_tokenizer
+    from common import storage
+    from common.errors import UserError
+    from data import TokenizerConfig, load_tokenizer, train_tokenizer
     from data.tokenizer import SPECIAL_TOKENS
-    from orchestrator.errors import UserError
     from orchestrator.train.preflight import TOKENIZER_SETTINGS_FILE
 
     if args.vocab_size < 1:
@@ -120,9 +158,9 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
         storage.remove_file(storage.join(args.out, TOKENIZER_SETTINGS_FILE))
     size = load_tokenizer(args.out).get_vocab_size()
     action = f"replaced the tokenizer ({', '.join(replaced)}) in" if replaced else "wrote a tokenizer to"
-    print(f"{action} {args.out}: {size:,} tokens")
+    say(f"{action} {args.out}: {size:,} tokens")
     if size > args.vocab_size:
-        print(
+        say(
             f"(more than --vocab-size {args.vocab_size}: a WordPiece vocabulary always holds the "
             f"{len(SPECIAL_TOKENS)} special tokens and every character of the corpus)"
         )
@@ -131,9 +169,9 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
 
 def _tokenizer_files_to_replace(out: str) -> list[str]:
     """The tokenizer files already in `out` (replaced); a UserError when `out` is a file or holds others."""
-    from data import storage
-    from orchestrator.errors import UserError
-    from orchestrator.train.checkpoints import TOKENIZER_FILES
+    from common import storage
+    from common.errors import UserError
+    from data.tokenizer import TOKENIZER_FILES
     from orchestrator.train.preflight import TOKENIZER_SETTINGS_FILE
 
     if storage.is_file(out):
@@ -175,12 +213,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     examples = decoded_examples(args.directory, args.n, seed=args.seed, epoch=args.epoch, split=args.split)
     statistics = masking_statistics(args.directory, seed=args.seed, epoch=args.epoch, split=args.split)
     if args.json:
-        print(json.dumps({"counts": manifest.counts, "masking": statistics, "examples": examples}, indent=2))
+        say(json.dumps({"counts": manifest.counts, "masking": statistics, "examples": examples}, indent=2))
         return 0
     for example in examples:
-        print(f"example {example['example_id']} (next_sentence_label {example['next_sentence_label']}):")
-        print(f"  {example['tokens']}")
-    print(
+        say(f"example {example['example_id']} (next_sentence_label {example['next_sentence_label']}):")
+        say(f"  {example['tokens']}")
+    say(
         f"{statistics['examples']:,} examples, masking (epoch {args.epoch}): "
         f"rate {statistics['mask_rate']:.3f}, "
         f"[MASK] {statistics['mask_token_share']:.3f}, random {statistics['random_token_share']:.3f}, "

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 
+from common.console import say
 from orchestrator.cli.data import add_corpus_format_arguments
 
 MODEL_HELP = "model folder: a run's final/, any HF BERT checkpoint folder, or a training checkpoint folder"
@@ -106,12 +107,12 @@ def run_fill_mask(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.tokenizer, args.device)
     predictions = fill_mask(loaded, args.text, args.top_k)
     if args.json:
-        print(json.dumps([[dataclasses.asdict(p) for p in mask] for mask in predictions], indent=2))
+        say(json.dumps([[dataclasses.asdict(p) for p in mask] for mask in predictions], indent=2))
         return 0
     for number, mask in enumerate(predictions, start=1):
-        print(f"[MASK] {number}:")
+        say(f"[MASK] {number}:")
         for prediction in mask:
-            print(f"  {prediction.probability:8.4f}  {prediction.token}")
+            say(f"  {prediction.probability:8.4f}  {prediction.token}")
     return 0
 
 
@@ -123,14 +124,14 @@ def run_nsp(args: argparse.Namespace) -> int:
         load_model(args.model, args.tokenizer, args.device), args.first, args.second
     )
     if args.json:
-        print(json.dumps({"is_next_probability": probability}))
+        say(json.dumps({"is_next_probability": probability}))
     else:
-        print(f"P(B follows A) = {probability:.4f}")
+        say(f"P(B follows A) = {probability:.4f}")
     return 0
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from orchestrator.errors import UserError
+    from common.errors import UserError
 
     if args.text is not None:
         if args.out:
@@ -147,14 +148,14 @@ def run_embed(args: argparse.Namespace) -> int:
         use_gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker,
         max_length=args.max_length,
+        input_format=args.format,
+        text_field=args.text_field,
     )
-    rows = embed_corpus(
-        args.model, args.input, args.out, settings, args.tokenizer, args.format, args.text_field
-    )
+    rows = embed_corpus(args.model, args.input, args.out, settings, args.tokenizer)
     if args.json:
-        print(json.dumps({"rows": rows, "out": args.out}))
+        say(json.dumps({"rows": rows, "out": args.out}))
     else:
-        print(f"wrote {rows:,} documents' representations ({args.pooling} pooling) to {args.out}")
+        say(f"wrote {rows:,} documents' representations ({args.pooling} pooling) to {args.out}")
     return 0
 
 
@@ -169,11 +170,11 @@ def _show_token_representations(args: argparse.Namespace) -> int:
             {"token": t, "norm": n, "vector": v}
             for t, n, v in zip(tokens, norms, vectors.tolist(), strict=True)
         ]
-        print(json.dumps({"shape": list(vectors.shape), "tokens": rows}))
+        say(json.dumps({"shape": list(vectors.shape), "tokens": rows}))
         return 0
-    print(f"{len(tokens)} tokens, each a vector of {vectors.shape[1]} (last layer):")
+    say(f"{len(tokens)} tokens, each a vector of {vectors.shape[1]} (last layer):")
     for token, norm in zip(tokens, norms, strict=True):
-        print(f"  {token:<20} shape ({vectors.shape[1]},)  norm {norm:.4f}")
+        say(f"  {token:<20} shape ({vectors.shape[1]},)  norm {norm:.4f}")
     return 0
 
 
@@ -185,23 +186,23 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(loaded, args.data, split=args.split, seed=args.seed, batch_size=args.batch_size)
     if args.mlflow_run:
         from orchestrator.config import MlflowConfig
-        from orchestrator.tracking.run import resolve_tracking_uri
+        from orchestrator.tracking.client import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(MlflowConfig(tracking_uri=args.tracking_uri))
         log_to_mlflow(result, args.mlflow_run, tracking_uri, args.split)
     if args.json:
-        print(json.dumps(result.metrics(), indent=2))
+        say(json.dumps(result.metrics(), indent=2))
         return 0
     nsp = (
         "n/a (no NSP head or no sentence pairs)"
         if result.nsp_accuracy is None
         else f"{result.nsp_accuracy:.4f}"
     )
-    print(
+    say(
         f"{args.split}: {result.examples:,} examples, {result.mlm_tokens:,} masked tokens "
         f"(seed {args.seed})\n  MLM loss {result.mlm_loss:.4f}  perplexity {result.perplexity:.2f}  "
         f"MLM accuracy {result.mlm_accuracy:.4f}  NSP accuracy {nsp}"
     )
     if args.mlflow_run:
-        print(f"logged to MLflow run {args.mlflow_run}")
+        say(f"logged to MLflow run {args.mlflow_run}")
     return 0

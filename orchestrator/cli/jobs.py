@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime
 
+from common.console import say, warn
 from orchestrator.cli.train import add_run_arguments
 
 ADDRESS_HELP = (
@@ -56,48 +57,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from data.redact import redact
-    from orchestrator.config import apply_scaling_flags, load_config
+    from common.redact import redact
+    from orchestrator.config import flag_overrides, load_config
     from orchestrator.jobs import MlflowRunFinder, check_submittable, connect, follow_logs, submit_run
 
-    overrides = [*args.overrides, *([f"checkpoint.init_from={args.init_from}"] if args.init_from else [])]
-    config = apply_scaling_flags(load_config(args.config, overrides), args.num_workers, args.use_gpu)
+    flags = flag_overrides(args.num_workers, args.use_gpu, args.init_from)
+    config = load_config(args.config, [*args.overrides, *flags])
     for setting in check_submittable(config):
-        print(
-            f"warning: {setting} is relative: on the cluster it resolves in the head node's home folder, "
-            "which the GPU nodes do not share; use a shared folder or bucket"
+        warn(
+            f"{setting} is relative: on the cluster it resolves in the head node's home folder, which the "
+            "GPU nodes do not share; use a shared folder or bucket"
         )
 
     client = connect(args.address)
     job_id = submit_run(client, config)
     from_checkpoint = config.model.preset == "auto" and config.checkpoint.init_from
     model = "the --init-from" if from_checkpoint else config.model.preset
-    print(f"Submitted job {job_id}: {config.scaling.describe_workers()} workers, {model} model")
-    print(f"Ray dashboard: {redact(client.get_address())}")
+    say(f"Submitted job {job_id}: {config.scaling.describe_workers()} workers, {model} model")
+    say(f"Ray dashboard: {redact(client.get_address())}")
     finder = MlflowRunFinder(config)
 
     def print_link_once_found() -> None:
         if not finder.run_id and finder.find(min_interval_s=5.0):
-            print(f"\n[bert-pretrain] MLflow run: {finder.link()}\n", flush=True)
+            say(f"\n[bert-pretrain] MLflow run: {finder.link()}\n")
 
     if finder.find():
-        print(f"MLflow run: {finder.link()}")
+        say(f"MLflow run: {finder.link()}")
     elif config.mlflow.enabled:
         where = finder.tracking_uri or "the cluster's tracking server"
-        print(
+        say(
             f"MLflow: the run appears in experiment {config.mlflow.experiment_name!r} at {redact(where)} "
             "once training starts"
         )
     if args.no_wait:
-        print(f"Follow it with: bert-pretrain jobs logs {job_id} --follow")
+        say(f"Follow it with: bert-pretrain jobs logs {job_id} --follow")
         return 0
     try:
         final = follow_logs(client, job_id, on_chunk=print_link_once_found)
     except KeyboardInterrupt:
-        print(f"\nStopped following; the job keeps running. Stop it with: bert-pretrain jobs stop {job_id}")
+        say(f"\nStopped following; the job keeps running. Stop it with: bert-pretrain jobs stop {job_id}")
         return 130
     print_link_once_found()
-    print(f"Job {job_id} {final}")
+    say(f"Job {job_id} {final}")
     return 0 if final == "SUCCEEDED" else 1
 
 
@@ -117,7 +118,7 @@ def run_jobs_list(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -127,10 +128,10 @@ def run_jobs_status(args: argparse.Namespace) -> int:
     client = connect(args.address)
     job_status(client, args.job)  # a clear error for an unknown id
     info = client.get_job_info(args.job)
-    print(f"{args.job}: {info.status.value}")
-    print(f"started {_time(info.start_time)}, ended {_time(info.end_time)}")
+    say(f"{args.job}: {info.status.value}")
+    say(f"started {_time(info.start_time)}, ended {_time(info.end_time)}")
     if info.message:
-        print(info.message)
+        say(info.message)
     return 0
 
 
@@ -139,18 +140,18 @@ def run_jobs_logs(args: argparse.Namespace) -> int:
 
     client = connect(args.address)
     if args.follow:
-        print(f"Job {args.job} {follow_logs(client, args.job)}")
+        say(f"Job {args.job} {follow_logs(client, args.job)}")
         return 0
     job_status(client, args.job)
-    print(client.get_job_logs(args.job), end="")
+    say(client.get_job_logs(args.job), end="")
     return 0
 
 
 def run_jobs_stop(args: argparse.Namespace) -> int:
     from orchestrator.jobs import connect, stop_job
 
-    print(f"Job {args.job} {stop_job(connect(args.address), args.job)}")
-    print(
+    say(f"Job {args.job} {stop_job(connect(args.address), args.job)}")
+    say(
         "Its checkpoints stay; resume with: "
         f"bert-pretrain submit --config ... --set checkpoint.run_name={args.job}"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from common.console import say
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
@@ -56,13 +58,15 @@ def run_ui(args: argparse.Namespace) -> int:
 
 def run_sync(args: argparse.Namespace) -> int:
     """Send what the run directory keeps unsent."""
-    from orchestrator.tracking.run import sync_run
+    from orchestrator.run_dir import RunDir
+    from orchestrator.tracking.sync import sync_run
     from orchestrator.train.checkpoints import find_resume_checkpoint
 
-    reports = find_resume_checkpoint(args.run_dir).train_state.get("reports", [])
-    sent, link = sync_run(args.run_dir, args.tracking_uri, reports)
+    run_dir = RunDir.at(args.run_dir)
+    reports = find_resume_checkpoint(run_dir).train_state.get("reports", [])
+    sent, link = sync_run(run_dir, args.tracking_uri, reports)
     if not link:
-        print(f"Nothing to send: {args.run_dir} keeps no unsent MLflow records.")
+        say(f"Nothing to send: {args.run_dir} keeps no unsent MLflow records.")
         return 0
-    print(f"Sent {sent:,} metrics and the rest of what {args.run_dir} kept. MLflow run: {link}")
+    say(f"Sent {sent:,} metrics and the rest of what {args.run_dir} kept. MLflow run: {link}")
     return 0

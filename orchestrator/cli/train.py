@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import signal
 
+from common.console import say
+
 CONFIG_HELP = "a YAML recipe, or the name of one in the repository's configs/ (debug, mini, base-phase1, ...)"
 SET_HELP = "override a setting with a dotted key, e.g. --set optim.lr=2e-4 (repeatable; values are YAML)"
 
@@ -61,9 +63,12 @@ def parse_worker_count(text: str) -> int | tuple[int, int]:
     """'4' -> 4; '2-8' -> (2, 8). The argparse type of --num-workers."""
     low, dash, high = text.partition("-")
     try:
-        return (int(low), int(high)) if dash else int(text)
+        count = (int(low), int(high)) if dash else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or MIN-MAX (e.g. 4 or 2-8), got {text!r}") from None
+    if dash and count[0] > count[1]:
+        raise argparse.ArgumentTypeError(f"MIN is more than MAX in {text!r}: give MIN-MAX, e.g. 2-8")
+    return count
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:
@@ -73,33 +78,26 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.train.driver import resolve_job, train
+    from orchestrator.config import flag_overrides, load_config
+    from orchestrator.train.driver import train
 
     # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C (during the fit, Ray Train's graceful
     # abort, which flushes the metrics), so the MLflow run is marked KILLED and the checkpoints stay.
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    job = resolve_job(
-        load_config(args.config, args.overrides),
-        num_workers=args.num_workers,
-        use_gpu=args.use_gpu,
-        init_from=args.init_from,
-    )
-    result = train(job)
-    print(
-        f"\nTrained {result.steps} steps. The model (HF format, with its tokenizer) is in {result.final_dir}"
-    )
+    flags = flag_overrides(args.num_workers, args.use_gpu, args.init_from)
+    result = train(load_config(args.config, [*args.overrides, *flags]))
+    say(f"\nTrained {result.steps} steps. The model (HF format, with its tokenizer) is in {result.final_dir}")
     if result.mlflow_link:
-        print(f"See the run in MLflow: {result.mlflow_link}")
+        say(f"See the run in MLflow: {result.mlflow_link}")
     return 0
 
 
 def run_config_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from data.redact import redact
+    from common.redact import redact
     from orchestrator.config import load_config
 
     config = redact(load_config(args.config, args.overrides).to_dict())
-    print(yaml.safe_dump(config, sort_keys=False), end="")
+    say(yaml.safe_dump(config, sort_keys=False), end="")
     return 0

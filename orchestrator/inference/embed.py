@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from data import DataError, storage
+from common import storage
+from common.errors import UserError
+from common.local_ray import init_ray
+from data import DataError
 from data.hashing import text_key
-from data.local_ray import init_ray
 from data.readers import read_documents, resolve_corpus
 from data.sentences import normalize_text
 from data.tokenizer import PAD
-from orchestrator.errors import UserError
 
 POOLINGS = ("cls", "mean", "tokens")
 
@@ -41,6 +42,10 @@ class EmbedSettings:
     """CPUs reserved per replica (also its torch threads, at least one)."""
     max_length: int | None = None
     """Tokens per document at most (longer ones are truncated); None: the model's max positions."""
+    input_format: str = "auto"
+    """How to read the corpus (as `prepare --format`)."""
+    text_field: str = "text"
+    """The JSONL field, Parquet or HF column of the text."""
 
 
 class CorpusEmbedder:
@@ -115,8 +120,6 @@ def embed_corpus(
     out_dir: str,
     settings: EmbedSettings,
     tokenizer_dir: str | None = None,
-    input_format: str = "auto",
-    text_field: str = "text",
 ) -> int:
     """Embed every document of `corpus` into Parquet files under `out_dir`; return the number of rows."""
     import ray.data
@@ -127,7 +130,7 @@ def embed_corpus(
         raise UserError("--num-workers and --batch-size must be 1 or more")
     if storage.list_files(out_dir):
         raise UserError(f"--out {out_dir} exists and is not empty; choose a new folder or delete it")
-    files = resolve_corpus(corpus, input_format)
+    files = resolve_corpus(corpus, settings.input_format)
     if files.total_bytes == 0:
         raise DataError(f"the corpus {corpus} is empty (0 bytes): there is nothing to embed")
     # Fail here, not inside an actor, on a folder that is not a model or a tokenizer that does not fit.
@@ -135,7 +138,7 @@ def embed_corpus(
 
     load_model(model_dir, tokenizer_dir)
     init_ray(include_dashboard=False)
-    documents = read_documents(files, text_field)
+    documents = read_documents(files, settings.text_field)
     embedded = documents.map_batches(
         CorpusEmbedder,
         fn_constructor_kwargs={

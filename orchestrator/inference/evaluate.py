@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from data import MaskingConfig, build_train_dataset, load_manifest, make_collate_fn, storage, tokenizer_hash
-from data.local_ray import init_ray
+from common import storage
+from common.errors import UserError
+from common.local_ray import init_ray
+from data import MaskingConfig, build_train_dataset, load_manifest, make_collate_fn, tokenizer_hash
 from data.manifest import TOKENIZER_DIR, Manifest
 from model.hf import MLM_HEAD_TENSOR
-from orchestrator.errors import UserError
 from orchestrator.inference.loading import LoadedModel
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")

@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from data import load_tokenizer, storage
+from common import storage
+from common.errors import UserError
+from data import load_tokenizer
+from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
 from model import BertForPreTraining
 from model.hf import CONFIG_FILE, pretraining_heads, read_hf_config, tensor_names
-from orchestrator.errors import UserError
 from orchestrator.train.checkpoints import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, load_model_from_checkpoint
 
 
@@ -96,7 +98,7 @@ def load_model(path: str | Path, tokenizer_dir: str | None = None, device: str =
 
 
 def _tokenizer_dir_of(source: Path) -> str:
-    if (source / "tokenizer.json").is_file() or (source / "vocab.txt").is_file():
+    if (source / TOKENIZER_FILE).is_file() or (source / VOCAB_FILE).is_file():
         return str(source)
     if (source / TRAIN_STATE_FILE).is_file():
         saved = json.loads((source / TRAIN_STATE_FILE).read_text())

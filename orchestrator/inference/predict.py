@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from common.batch import IGNORE_INDEX
+from common.errors import UserError
 from data.tokenizer import MASK
-from model import IGNORE_INDEX
 from model.hf import MLM_HEAD_TENSOR, NSP_HEAD_TENSOR
-from orchestrator.errors import UserError
 from orchestrator.inference.loading import LoadedModel
 
 

@@ -10,21 +10,20 @@ is still unsent when training ends is recorded in the run directory (see `orches
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
-from numbers import Real
 from typing import Any
 
 from mlflow.entities import Metric, RunTag
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
-from ray.train.v2._internal.execution.callback import ControllerCallback, ReportCallback
 
-from data.redact import redact_text
-from orchestrator.tracking.run import bound_mlflow_calls, is_client_error
-from orchestrator.tracking.unsent import Unsent, save_unsent, unsent_dir
-
-logger = logging.getLogger(__name__)
+from common.console import warn
+from common.ray_internals import ControllerCallback, ReportCallback
+from common.redact import redact_text
+from orchestrator.config import MlflowConfig
+from orchestrator.run_dir import RunDir
+from orchestrator.tracking.client import MlflowRun, bound_mlflow_calls, is_client_error
+from orchestrator.tracking.unsent import Unsent, report_metrics, save_unsent
 
 RETRY_WAIT_S = (1.0, 10.0)  # first and longest wait between attempts while the server is away
 CHECKPOINT_TAG = "checkpoint_uri"
@@ -37,7 +36,7 @@ class MetricsSender:
     recorded in `run_dir` when the sender closes.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, run_dir: str, max_buffered: int):
+    def __init__(self, tracking_uri: str, run_id: str, run_dir: RunDir, max_buffered: int):
         self._tracking_uri = tracking_uri
         self._run_id = run_id
         self._run_dir = run_dir
@@ -82,10 +81,9 @@ class MetricsSender:
             self._tags = {}
         save_unsent(self._run_dir, unsent)
         if unsent.metrics:
-            logger.warning(
-                "MLflow: %d metrics could not be sent before training ended; kept in %s",
-                len(unsent.metrics),
-                unsent_dir(self._run_dir),
+            warn(
+                f"MLflow: {len(unsent.metrics)} metrics could not be sent before training ended; kept in "
+                f"{self._run_dir.unsent}"
             )
         return len(unsent.metrics)
 
@@ -123,20 +121,15 @@ class MetricsSender:
                     break
                 except Exception as error:
                     if is_client_error(error):
-                        logger.warning(
-                            "MLflow refused %d metrics; skipped: %s",
-                            len(self._in_flight),
-                            redact_text(str(error)),
-                        )
+                        refused = len(self._in_flight)
+                        warn(f"MLflow refused {refused} metrics; skipped: {redact_text(str(error))}")
                         break
                     if unreachable_since is None:
                         unreachable_since = time.monotonic()
-                        logger.warning(
-                            "MLflow tracking server %s is not answering (%s); training goes on and metrics "
-                            "are kept until it answers again (in %s if it does not).",
-                            redact_text(self._tracking_uri),
-                            redact_text(str(error)),
-                            unsent_dir(self._run_dir),
+                        warn(
+                            f"MLflow tracking server {redact_text(self._tracking_uri)} is not answering "
+                            f"({redact_text(str(error))}); training goes on and metrics are kept until it "
+                            f"answers again (in {self._run_dir.unsent} if it does not)."
                         )
                 with self._wake:
                     if self._abandoned:
@@ -147,23 +140,9 @@ class MetricsSender:
             with self._wake:
                 self._in_flight, self._in_flight_tags = [], {}
             if unreachable_since is not None:
-                logger.warning(
-                    "MLflow tracking server answers again after %.0f s; sending buffered metrics.",
-                    time.monotonic() - unreachable_since,
-                )
+                waited = time.monotonic() - unreachable_since
+                warn(f"MLflow tracking server answers again after {waited:.0f} s; sending buffered metrics.")
                 unreachable_since = None
-
-
-def report_metrics(reported: dict[str, Any], timestamp_ms: int) -> list[Metric]:
-    """The numbers of one of rank 0's reports as MLflow metrics at its "step" (none without a step)."""
-    step = reported.get("step")
-    if step is None:
-        return []
-    return [
-        Metric(key, float(value), timestamp_ms, int(step))
-        for key, value in reported.items()
-        if key != "step" and isinstance(value, Real) and not isinstance(value, bool)
-    ]
 
 
 def checkpoint_uri(checkpoint: Any) -> str:
@@ -181,23 +160,15 @@ class MetricsCallback(ControllerCallback, ReportCallback):
     not answer when the run started), the metrics are recorded in `run_dir` for a later sync.
     """
 
-    def __init__(
-        self,
-        tracking_uri: str,
-        run_id: str,
-        run_dir: str,
-        last_logged_steps: dict[str, int],
-        max_buffered_metrics: int,
-        flush_timeout_s: float,
-    ):
-        self.tracking_uri = tracking_uri
-        self.run_id = run_id
-        self.run_dir = str(run_dir)
+    def __init__(self, mlflow_run: MlflowRun, run_dir: RunDir, config: MlflowConfig):
+        self.tracking_uri = mlflow_run.tracking_uri
+        self.run_id = mlflow_run.run_id
+        self.run_dir = run_dir
         # Per metric, the last step already in MLflow: a resumed or restarted run reports some steps again,
         # and MLflow would keep both values.
-        self.last_logged_steps = dict(last_logged_steps)
-        self.max_buffered_metrics = max_buffered_metrics
-        self.flush_timeout_s = flush_timeout_s
+        self.last_logged_steps = dict(mlflow_run.last_logged_steps)
+        self.max_buffered_metrics = config.max_buffered_metrics
+        self.flush_timeout_s = config.flush_timeout_s
         self._sender: MetricsSender | None = None
 
     def __getstate__(self) -> dict[str, Any]:

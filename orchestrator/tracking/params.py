@@ -1,5 +1,5 @@
-"""A resolved config as MLflow parameters: secrets redacted (data.redact), sections flattened, MLflow's limits
-kept."""
+"""A resolved config as MLflow parameters: secrets redacted (common.redact), sections flattened, MLflow's
+limits kept."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
-from data.redact import redact
+from common.redact import redact
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,11 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data.redact import redact
+from common.console import say
+from common.errors import UserError
+from common.redact import redact
 from orchestrator.config import MlflowConfig
-from orchestrator.errors import UserError
+from orchestrator.tracking.client import EMBEDDED_ARTIFACTS_DIR, resolve_tracking_uri
 from orchestrator.tracking.names import MODEL_TRAINING_VIEW
-from orchestrator.tracking.run import EMBEDDED_ARTIFACTS_DIR, resolve_tracking_uri
 
 
 def ui_address(host: str, port: int) -> str:
@@ -62,7 +63,7 @@ def serve_ui(backend_store_uri: str, host: str, port: int) -> int:
     ]
     # The server's job runner serves GenAI features this project does not use; it would start seven processes.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI: {ui_address(host, port)}  (store: {redact(store_uri)}; Ctrl-C to stop)", flush=True)
+    say(f"MLflow UI: {ui_address(host, port)}  (store: {redact(store_uri)}; Ctrl-C to stop)")
     # Its own process group, so that stopping the UI (Ctrl-C or SIGTERM) stops every process of the server.
     server = subprocess.Popen(command, env=env, start_new_session=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))

@@ -1,9 +1,9 @@
 """What MLflow did not get, kept in the run directory until it can be sent.
 
 While the tracking server does not answer, training goes on. The metrics, tags, end status and final model
-that could not be sent are recorded as JSON files in `<run_dir>/mlflow_unsent/`, one file per writer and
-moment (never appended to: the run directory may be a bucket). They are sent when the run is next started
-or resumed, or by `bert-pretrain tracking sync RUN_DIR`, and each file is deleted once sent.
+that could not be sent are recorded as JSON files in the run directory's `mlflow_unsent/`, one file per
+writer and moment (never appended to: the run directory may be a bucket). They are sent when the run is next
+started or resumed, or by `bert-pretrain tracking sync RUN_DIR`, and each file is deleted once sent.
 
 Every metric arrives exactly once: MLflow keeps every value it is sent, so before sending, the metrics the
 run already has (a batch the server took just before it stopped answering) are left out by (key, step),
@@ -15,14 +15,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any
 
 from mlflow.entities import Metric, RunTag
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
-from data import storage
-
-UNSENT_DIR = "mlflow_unsent"
+from common import storage
+from orchestrator.run_dir import RunDir
 
 
 @dataclass
@@ -55,25 +57,41 @@ class Unsent:
         return cls(metrics, raw["tags"], raw["end_status"], raw["final_model"])
 
 
-def unsent_dir(run_dir: str) -> str:
-    return storage.join(run_dir, UNSENT_DIR)
+def report_metrics(reported: dict[str, Any], timestamp_ms: int) -> list[Metric]:
+    """The numbers of one of rank 0's reports as MLflow metrics at its "step" (none without a step)."""
+    step = reported.get("step")
+    if step is None:
+        return []
+    return [
+        Metric(key, float(value), timestamp_ms, int(step))
+        for key, value in reported.items()
+        if key != "step" and isinstance(value, Real) and not isinstance(value, bool)
+    ]
 
 
-def save_unsent(run_dir: str, unsent: Unsent) -> None:
+def save_reports(run_dir: RunDir, reports: Sequence[dict[str, Any]]) -> None:
+    """Record the metrics of rank 0's reports (kept in a checkpoint) as unsent: sent where the run lacks
+    them, as Ray Train may not have taken them in before an interrupt."""
+    save_unsent(
+        run_dir, Unsent([m for r in reports for m in report_metrics(r["metrics"], r["timestamp_ms"])])
+    )
+
+
+def save_unsent(run_dir: RunDir, unsent: Unsent) -> None:
     """Record `unsent` in the run directory (nothing when it is empty)."""
     if unsent:
         # Names sort in the order written, so that merging keeps the first value of a (key, step).
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
-        storage.write_text(storage.join(unsent_dir(run_dir), name), unsent.to_json())
+        storage.write_text(storage.join(run_dir.unsent, name), unsent.to_json())
 
 
-def load_unsent(run_dir: str) -> tuple[Unsent, list[str]]:
+def load_unsent(run_dir: RunDir) -> tuple[Unsent, list[str]]:
     """Everything recorded as unsent, merged (the first value of each (key, step); the latest tags, end status
     and final-model flag), and the files it came from."""
-    names = [name for name in storage.list_files(unsent_dir(run_dir)) if name.endswith(".json")]
+    names = [name for name in storage.list_files(run_dir.unsent) if name.endswith(".json")]
     merged, seen = Unsent(), set()
     for name in names:
-        unsent = Unsent.from_json(storage.read_text(storage.join(unsent_dir(run_dir), name)))
+        unsent = Unsent.from_json(storage.read_text(storage.join(run_dir.unsent, name)))
         for metric in unsent.metrics:
             if (metric.key, metric.step) not in seen:
                 seen.add((metric.key, metric.step))
@@ -81,7 +99,7 @@ def load_unsent(run_dir: str) -> tuple[Unsent, list[str]]:
         merged.tags |= unsent.tags
         merged.end_status = unsent.end_status or merged.end_status
         merged.final_model = merged.final_model or unsent.final_model
-    return merged, [storage.join(unsent_dir(run_dir), name) for name in names]
+    return merged, [storage.join(run_dir.unsent, name) for name in names]
 
 
 def send_unsent(client, run_id: str, unsent: Unsent) -> int:

@@ -1,7 +1,7 @@
 """What a training checkpoint holds, and how it is written, checked, chosen, read, and turned into the final
 HF model.
 
-A checkpoint folder `checkpoint_<step, 9 digits>` (reported to Ray Train, under the run directory):
+A checkpoint folder (`RunDir.checkpoint(step)`, reported to Ray Train, under the run directory):
   model.safetensors   the model's own state dict (padded vocabulary, tied weights stored once)
   model_config.json   the BertConfig, to rebuild the model without the job config
   optimizer.pt, scheduler.pt, rng.pt   state dicts and every rank's RNG states (read with weights_only=True)
@@ -18,22 +18,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from data import storage
-from data.redact import redact
+from common import storage
+from common.errors import UserError
+from common.redact import redact
+from data.tokenizer import TOKENIZER_FILES
 from model import ARCHITECTURE_FIELDS, BertConfig, BertForPreTraining
 from model.hf import copy_hf_weights, read_hf_config
-from orchestrator.errors import UserError
+from orchestrator.run_dir import RunDir, checkpoint_step
 
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -41,13 +42,15 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
 TRAIN_STATE_FILE = "train_state.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 STATE_FILES = (MODEL_FILE, MODEL_CONFIG_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE)
-CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
 
 
-def checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_{step:09d}"
+class Trainables(NamedTuple):
+    """What a checkpoint saves and restores besides the position: the model and its optimizer state."""
+
+    model: BertForPreTraining
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
 @dataclass
@@ -80,9 +83,7 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 def save_checkpoint(
     directory: Path,
-    model: BertForPreTraining,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainables: Trainables,
     state: TrainState,
     rng_states: list[dict[str, torch.Tensor]],
     job_config: dict[str, Any],
@@ -91,6 +92,7 @@ def save_checkpoint(
     """Write everything an exact resume needs into `directory` (rank 0 only); train_state.json last, with
     the sizes of the other files and `reports` ({"timestamp_ms", "metrics"} of each report since the
     previous checkpoint)."""
+    model, optimizer, scheduler = trainables
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / MODEL_FILE))
     (directory / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model.config), indent=2))
@@ -103,18 +105,13 @@ def save_checkpoint(
     (directory / TRAIN_STATE_FILE).write_text(json.dumps(contents, indent=2))
 
 
-def load_checkpoint(
-    directory: Path,
-    model: BertForPreTraining,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    rank: int,
-) -> TrainState:
+def load_checkpoint(directory: Path, trainables: Trainables, rank: int) -> TrainState:
     """Restore model, optimizer, scheduler and this rank's RNG; return the saved position.
 
     A rank that did not exist in the saved run (more workers now) keeps its seeded RNG. A file that cannot
     be read is a UserError naming it: every restart would meet it again.
     """
+    model, optimizer, scheduler = trainables
     with _naming_damaged_file(directory, MODEL_FILE):
         load_model(model, str(directory / MODEL_FILE), device=_device_of(model))
     with _naming_damaged_file(directory, OPTIMIZER_FILE):
@@ -160,7 +157,7 @@ def checkpoint_problem(name: str, sizes: dict[str, int], train_state: str | None
         step = int(state["step"])
     except (ValueError, KeyError, TypeError) as error:
         return f"{TRAIN_STATE_FILE} is unreadable ({type(error).__name__})"
-    if step != _step_of(name):
+    if step != checkpoint_step(name):
         return f"{TRAIN_STATE_FILE} says step {step}"
     # A checkpoint of an earlier version records no sizes: its files must be there and not empty.
     expected = state.get("files") or dict.fromkeys(STATE_FILES)
@@ -189,51 +186,44 @@ class ResumePoint:
         return position_of(self.train_state)
 
 
-def _step_of(name: str) -> int:
-    return int(CHECKPOINT_DIR.fullmatch(name).group(1))
-
-
-def checked_checkpoints(run_dir: str) -> list[tuple[str, str | None]]:
+def checked_checkpoints(run_dir: RunDir) -> list[tuple[str, str | None]]:
     """(folder name, problem or None) of each of the run's checkpoints, newest first."""
     return [(name, problem) for name, problem, _ in _checked_with_state(run_dir)]
 
 
-def _checked_with_state(run_dir: str) -> list[tuple[str, str | None, str | None]]:
+def _checked_with_state(run_dir: RunDir) -> list[tuple[str, str | None, str | None]]:
     """`checked_checkpoints` with the text of each one's train_state.json (None when there is none)."""
-    found: dict[str, dict[str, int]] = {}
-    for path, size in storage.file_sizes(run_dir).items():
-        folder, _, file = path.partition("/")
-        if CHECKPOINT_DIR.fullmatch(folder) and file and "/" not in file:
-            found.setdefault(folder, {})[file] = size
+    found = run_dir.checkpoint_files()
     checked = []
-    for name in sorted(found, key=_step_of, reverse=True):
+    for name in sorted(found, key=checkpoint_step, reverse=True):
         sizes = found[name]
-        state_file = storage.join(run_dir, name, TRAIN_STATE_FILE)
+        state_file = storage.join(run_dir.path, name, TRAIN_STATE_FILE)
         state = storage.read_text(state_file) if TRAIN_STATE_FILE in sizes else None
         checked.append((name, checkpoint_problem(name, sizes, state), state))
     return checked
 
 
-def find_resume_checkpoint(run_dir: str) -> ResumePoint:
+def find_resume_checkpoint(run_dir: RunDir) -> ResumePoint:
     """The newest checkpoint of the run that is complete and intact (its files checked against the sizes
     train_state.json records), whatever Ray Train's own list of checkpoints says; and why each newer one is
     skipped."""
     skipped = []
     for name, problem, state in _checked_with_state(run_dir):
         if problem is None:
-            return ResumePoint(storage.join(run_dir, name), _step_of(name), skipped, json.loads(state))
+            step = checkpoint_step(name)
+            return ResumePoint(run_dir.checkpoint(step), step, skipped, json.loads(state))
         skipped.append((name, problem))
     return ResumePoint(None, 0, skipped)
 
 
-def prune_checkpoints(run_dir: str, keep: int) -> list[str]:
+def prune_checkpoints(run_dir: RunDir, keep: int) -> list[str]:
     """Delete all but the newest `keep` intact checkpoints (damaged and older ones go); return the names
     deleted. For after a run has finished: Ray Train prunes only the checkpoints of its own fit."""
     checked = checked_checkpoints(run_dir)
     kept = [name for name, problem in checked if problem is None][:keep]
     deleted = [name for name, _ in checked if name not in kept]
     for name in deleted:
-        storage.remove_dir(storage.join(run_dir, name))
+        storage.remove_dir(storage.join(run_dir.path, name))
     return deleted
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ray.train import ControllerError, TrainingFailedError, WorkerGroupError
-from ray.train.v2._internal.execution.callback import ControllerCallback
-from ray.train.v2._internal.execution.controller.state import RestartingState
 
-from orchestrator.errors import UserError
+from common.errors import UserError
+from common.ray_internals import ControllerCallback, RestartingState
 
 
 def user_error_in(error: BaseException | None) -> UserError | None:

@@ -16,12 +16,14 @@ import json
 import struct
 from dataclasses import dataclass
 
-from data import DataError, load_tokenizer, storage
+from common import storage
+from common.console import say
+from common.errors import UserError
+from data import load_tokenizer
 from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
 from model import ARCHITECTURE_FIELDS, PRESETS, BertConfig
 from model.hf import CONFIG_FILE, SAFETENSORS_FILE, pretraining_heads, tensor_names
 from orchestrator.config import AUTO_PRESET, JobConfig
-from orchestrator.errors import UserError
 from orchestrator.train.checkpoints import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, check_init_from
 
 DONOR_FIELDS = (*ARCHITECTURE_FIELDS, "initializer_range")
@@ -96,7 +98,7 @@ def adopt_donor(job: JobConfig, donor: Donor) -> JobConfig:
                 "scratch without --init-from"
             )
         return job
-    print(f"Using the tokenizer of --init-from: {donor.tokenizer_dir}", flush=True)
+    say(f"Using the tokenizer of --init-from: {donor.tokenizer_dir}")
     return dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer_dir=donor.tokenizer_dir))
 
 
@@ -162,10 +164,7 @@ def _holds_tokenizer(directory: str) -> bool:
 
 def _same_tokenizer(first: str, second: str) -> bool:
     """Same tokens at the same ids, and the same normalisation (casing, accents)."""
-    try:
-        a, b = load_tokenizer(first), load_tokenizer(second)
-    except DataError as error:
-        raise UserError(str(error)) from None
+    a, b = load_tokenizer(first), load_tokenizer(second)
     probe = "Ünïcödé Casing, MIXED café"
 
     def normalised(tokenizer) -> str:

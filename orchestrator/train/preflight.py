@@ -13,12 +13,14 @@ import dataclasses
 import json
 
 import data
-from data import storage
+from common import storage
+from common.console import say
+from common.errors import UserError
+from common.redact import redact
 from data.manifest import FORMAT_VERSION, MANIFEST_FILE
-from data.redact import redact
+from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
 from model import BertConfig
 from orchestrator.config import AUTO_PRESET, JobConfig
-from orchestrator.errors import UserError
 from orchestrator.train.checkpoints import ResumePoint, check_resumable
 from orchestrator.train.init_from import Donor
 
@@ -68,34 +70,29 @@ def ensure_prepared_data(job: JobConfig) -> data.Manifest:
     """Train the tokenizer and prepare the examples when missing (or made by `train` with other settings);
     reuse them when they match; refuse prepared data that another command made with other settings."""
     settings = job.data
-    try:
-        _ensure_tokenizer(job)
-        tokenizer_hash = data.tokenizer_hash(settings.tokenizer_dir)
-        manifest, unreadable = _read_manifest(settings.prepared_dir)
-        why = unreadable or (manifest is not None and _mismatch(job, manifest, tokenizer_hash))
-        if manifest is not None and not why:
-            return manifest
-        if why:
-            marker = storage.join(settings.prepared_dir, PREPARED_MARKER_FILE)
-            if not (storage.is_file(marker) or settings.rebuild):
-                raise UserError(
-                    f"{settings.prepared_dir} holds prepared data that this run did not make, and it does "
-                    f"not fit this run: {why}. Set data.prepared_dir to another folder (this run then "
-                    "prepares its data there), or set data.rebuild=true to replace it"
-                )
-            print(f"Rebuilding the examples in {settings.prepared_dir} ({why}) ...", flush=True)
-        else:
-            print(f"Preparing the examples into {settings.prepared_dir} ...", flush=True)
-        manifest = data.prepare(
-            settings.corpus, settings.tokenizer_dir, settings.prepared_dir, settings.prepare
-        )
-        storage.write_text(
-            storage.join(settings.prepared_dir, PREPARED_MARKER_FILE),
-            json.dumps({"made_by": "bert-pretrain train", "run_name": job.checkpoint.run_name}, indent=2),
-        )
+    _ensure_tokenizer(job)
+    tokenizer_hash = data.tokenizer_hash(settings.tokenizer_dir)
+    manifest, unreadable = _read_manifest(settings.prepared_dir)
+    why = unreadable or (manifest is not None and _mismatch(job, manifest, tokenizer_hash))
+    if manifest is not None and not why:
         return manifest
-    except data.DataError as error:
-        raise UserError(str(error)) from None
+    if why:
+        marker = storage.join(settings.prepared_dir, PREPARED_MARKER_FILE)
+        if not (storage.is_file(marker) or settings.rebuild):
+            raise UserError(
+                f"{settings.prepared_dir} holds prepared data that this run did not make, and it does "
+                f"not fit this run: {why}. Set data.prepared_dir to another folder (this run then "
+                "prepares its data there), or set data.rebuild=true to replace it"
+            )
+        say(f"Rebuilding the examples in {settings.prepared_dir} ({why}) ...")
+    else:
+        say(f"Preparing the examples into {settings.prepared_dir} ...")
+    manifest = data.prepare(settings.corpus, settings.tokenizer_dir, settings.prepared_dir, settings.prepare)
+    storage.write_text(
+        storage.join(settings.prepared_dir, PREPARED_MARKER_FILE),
+        json.dumps({"made_by": "bert-pretrain train", "run_name": job.checkpoint.run_name}, indent=2),
+    )
+    return manifest
 
 
 def _ensure_tokenizer(job: JobConfig) -> None:
@@ -105,11 +102,11 @@ def _ensure_tokenizer(job: JobConfig) -> None:
     tokenizer_dir = settings.tokenizer_dir
     wanted = {"corpus": redact(settings.corpus), "tokenizer": dataclasses.asdict(settings.tokenizer)}
     marker = storage.join(tokenizer_dir, TOKENIZER_SETTINGS_FILE)
-    tokenizer_files = (storage.join(tokenizer_dir, name) for name in ("tokenizer.json", "vocab.txt"))
+    tokenizer_files = (storage.join(tokenizer_dir, name) for name in (TOKENIZER_FILE, VOCAB_FILE))
     has_tokenizer = any(storage.is_file(path) for path in tokenizer_files)
     if has_tokenizer and not (storage.is_file(marker) and json.loads(storage.read_text(marker)) != wanted):
         return
-    print(f"Training the tokenizer into {tokenizer_dir} ...", flush=True)
+    say(f"Training the tokenizer into {tokenizer_dir} ...")
     data.train_tokenizer(
         settings.corpus,
         tokenizer_dir,

@@ -1,69 +1,13 @@
 """What a run needs from the cluster, worked out before it starts.
 
-The batch plan splits the run's global batch over the workers (each rank's share, micro-batches,
-accumulation); the resource check compares the workers' CPUs/GPUs plus the CPUs kept for Ray Data with what
+The resource check compares the workers' CPUs/GPUs plus the CPUs kept for Ray Data with what
 the cluster has, so that a run that could never be placed is refused at once instead of waiting forever.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from data import batch_slices
+from common.errors import UserError
 from orchestrator.config import ScalingConfig
-from orchestrator.errors import UserError
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    global_batch_size: int
-    num_workers: int
-    per_worker_batch_size: int
-    """The most examples one worker contributes to an optimizer step."""
-    micro_batch_size: int
-    """The most examples in one forward/backward."""
-    accumulation_steps: int
-    """Micro-steps per optimizer step, the same on every worker."""
-
-    def worker_batch_size(self, rank: int) -> int:
-        """Examples `rank` contributes to every step: its fixed slice of the global batch (`batch_slices`).
-        When the workers do not divide the global batch (an elastic run), the first ranks take one more."""
-        start, stop = batch_slices(self.global_batch_size, self.num_workers)[rank]
-        return stop - start
-
-    def micro_batch_sizes(self, rank: int) -> list[int]:
-        """The sizes of `rank`'s micro-batches in a step: its share cut into near-equal parts. The loss is
-        normalised over the whole global batch, so unequal parts still give the update of one big batch."""
-        base, leftover = divmod(self.worker_batch_size(rank), self.accumulation_steps)
-        return [base + int(i < leftover) for i in range(self.accumulation_steps)]
-
-
-def plan_batches(
-    global_batch_size: int, max_micro_batch_size: int, num_workers: int, uneven: bool = False
-) -> BatchPlan:
-    """Split the global batch over `num_workers`, in as few micro-steps of at most `max_micro_batch_size`
-    as fit. A fixed worker count must divide the global batch; `uneven=True` (elastic runs, where Ray picks
-    the count) lets the shares differ by one example."""
-    if global_batch_size % num_workers and not uneven:
-        counts = [n for n in range(1, min(global_batch_size, 1024) + 1) if global_batch_size % n == 0]
-        raise UserError(
-            f"{num_workers} workers do not divide train.global_batch_size={global_batch_size}; "
-            f"worker counts that do: {', '.join(map(str, counts))}"
-        )
-    if num_workers > global_batch_size:
-        raise UserError(
-            f"{num_workers} workers are more than train.global_batch_size={global_batch_size} examples: "
-            "use fewer workers or a bigger batch"
-        )
-    largest_share = -(-global_batch_size // num_workers)
-    accumulation = -(-largest_share // max_micro_batch_size)
-    if global_batch_size // num_workers < accumulation:  # a rank would get an empty micro-step
-        raise UserError(
-            f"train.micro_batch_size={max_micro_batch_size} is too small to split "
-            f"train.global_batch_size={global_batch_size} over {num_workers} workers: use 2 or more"
-        )
-    micro = -(-largest_share // accumulation)
-    return BatchPlan(global_batch_size, num_workers, largest_share, micro, accumulation)
 
 
 def required_resources(scaling: ScalingConfig) -> dict[str, float]:

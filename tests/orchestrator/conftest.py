@@ -13,10 +13,9 @@ import torch
 import transformers
 
 from data import load_tokenizer
+from data.tokenizer import TOKENIZER_FILES
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import JobConfig, config_from_dict
-from orchestrator.train.checkpoints import TOKENIZER_FILES
-from orchestrator.train.driver import resolve_job
 from orchestrator.train.preflight import ensure_prepared_data
 from tests.orchestrator import reports
 
@@ -62,7 +61,9 @@ def prepared_corpus(tmp_path_factory, ray_session) -> dict:
     return {"data": data, "train_examples": manifest.counts["examples"]["train"]}
 
 
-def make_job(root: Path, data: dict, num_workers: int | None = None, **sections: dict) -> JobConfig:
+def make_job(
+    root: Path, data: dict, num_workers: int | tuple[int, int] | None = None, **sections: dict
+) -> JobConfig:
     """A tiny-model job on the prepared corpus, CPU workers of half a CPU each, storage under `root`."""
     raw = {
         "model": {"preset": "tiny"},
@@ -75,7 +76,10 @@ def make_job(root: Path, data: dict, num_workers: int | None = None, **sections:
     }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
-    return resolve_job(config_from_dict(raw), num_workers=num_workers)
+    if num_workers is not None:  # as --num-workers N or MIN-MAX
+        low, high = num_workers if isinstance(num_workers, tuple) else (None, num_workers)
+        raw["scaling"] |= {"num_workers": high, "min_workers": low}
+    return config_from_dict(raw)
 
 
 RANDOM_MODEL_HIDDEN = 32

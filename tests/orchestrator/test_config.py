@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import yaml
 
+from common.errors import UserError
 from orchestrator.cli import main
 from orchestrator.config import (
     RECIPES_DIR,
     JobConfig,
-    ScalingConfig,
-    apply_scaling_flags,
     config_from_dict,
+    flag_overrides,
     load_config,
 )
-from orchestrator.errors import UserError
 
 RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
@@ -85,10 +82,9 @@ def test_bad_settings_are_refused_naming_the_key_and_choices(override, expected)
 
 
 def test_num_workers_takes_a_count_or_an_elastic_range(capsys):
-    debug = load_config("debug")
-    fixed = apply_scaling_flags(dataclasses.replace(debug, scaling=ScalingConfig(min_workers=2)), 4, None)
+    fixed = load_config("debug", ["scaling.min_workers=2", *flag_overrides(4, None)])
     assert (fixed.scaling.min_workers, fixed.scaling.num_workers, fixed.scaling.elastic) == (None, 4, False)
-    elastic = apply_scaling_flags(debug, (2, 8), True)
+    elastic = load_config("debug", flag_overrides((2, 8), True))
     assert (elastic.scaling.fewest_workers, elastic.scaling.num_workers, elastic.scaling.use_gpu) == (
         2,
         8,
@@ -96,7 +92,7 @@ def test_num_workers_takes_a_count_or_an_elastic_range(capsys):
     )
     assert elastic.scaling.describe_workers() == "2-8"
     with pytest.raises(UserError, match="scaling.min_workers must be between 1 and scaling.num_workers=2"):
-        apply_scaling_flags(debug, (8, 2), None)
+        load_config("debug", flag_overrides((8, 2), None))
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--config", "debug", "--num-workers", "two"])
     assert exit_.value.code == 2

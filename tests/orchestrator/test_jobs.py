@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.run_dir import read_run_json
+from orchestrator.run_dir import RunDir
 from tests.orchestrator.tracking_helpers import free_port
 
 VENV_BIN = Path(sys.executable).parent
@@ -147,7 +147,7 @@ def submit_args(shared: dict, run_name: str, *sets: str) -> list[str]:
 
 
 def mlflow_run(shared: dict, run_name: str):
-    run_id = read_run_json(shared["root"] / "runs" / run_name)["mlflow_run_id"]
+    run_id = RunDir.at(shared["root"] / "runs" / run_name).read_run_json()["mlflow_run_id"]
     client = MlflowClient(shared["tracking_uri"])
     return client, client.get_run(run_id)
 

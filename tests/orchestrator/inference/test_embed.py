@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data import DataError, storage
+from common import storage
+from data import DataError
 from data.hashing import text_key
 from orchestrator.cli import main
 from orchestrator.inference.embed import CorpusEmbedder, EmbedSettings, embed_corpus

@@ -10,14 +10,14 @@ import pytest
 import torch
 import transformers
 
+from common.errors import UserError
 from data import load_tokenizer
 from data.tokenizer import MASK, SPECIAL_TOKENS, save_tokenizer
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining
 from orchestrator.cli import main
-from orchestrator.errors import UserError
 from orchestrator.inference.loading import load_model
 from orchestrator.inference.predict import fill_mask, next_sentence_probability, token_representations
-from orchestrator.train.checkpoints import TrainState, save_checkpoint
+from orchestrator.train.checkpoints import Trainables, TrainState, save_checkpoint
 from tests.orchestrator.conftest import copy_tokenizer_files
 
 # Four memorised pairs: a sentence A and the sentence B that follows it.
@@ -129,7 +129,9 @@ def memorised(tmp_path_factory, tokenizer_dir):
     copy_tokenizer_files(tokenizer_dir, final_dir)
     checkpoint_dir = root / "checkpoint_000000200"
     job_config = {"data": {"tokenizer_dir": tokenizer_dir}}
-    save_checkpoint(checkpoint_dir, model, optimizer, scheduler, TrainState(step=200), [], job_config)
+    save_checkpoint(
+        checkpoint_dir, Trainables(model, optimizer, scheduler), TrainState(step=200), [], job_config
+    )
     return {"model": model, "final": final_dir, "checkpoint": checkpoint_dir}
 
 

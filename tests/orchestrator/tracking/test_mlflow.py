@@ -16,11 +16,12 @@ from mlflow.entities import Metric
 from ray.train import Checkpoint, UserCallback
 from ray.train.v2._internal.execution.training_report import _TrainingReport
 
-from data.redact import is_secret_key
+from common.redact import is_secret_key
 from model import BertConfig, BertForPreTraining
 from orchestrator.cli import main
 from orchestrator.config import JobConfig, MlflowConfig, TrainConfig
-from orchestrator.run_dir import read_run_json, update_run_json
+from orchestrator.run_dir import RunDir
+from orchestrator.tracking.client import MlflowRun
 from orchestrator.tracking.metrics import MetricsCallback
 from orchestrator.tracking.run import RunTracker
 from orchestrator.tracking.unsent import Unsent, load_unsent, save_unsent
@@ -60,11 +61,11 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 
 def test_run_dir_json_merges_keys(tmp_path):
-    assert read_run_json(tmp_path / "run") == {}
-    update_run_json(tmp_path / "run", mlflow_run_id="abc")
-    update_run_json(tmp_path / "run", resolved_config={"optim": {"lr": 0.1}})
+    assert RunDir.at(tmp_path / "run").read_run_json() == {}
+    RunDir.at(tmp_path / "run").update_run_json(mlflow_run_id="abc")
+    RunDir.at(tmp_path / "run").update_run_json(resolved_config={"optim": {"lr": 0.1}})
     expected = {"mlflow_run_id": "abc", "resolved_config": {"optim": {"lr": 0.1}}}
-    assert read_run_json(tmp_path / "run") == expected
+    assert RunDir.at(tmp_path / "run").read_run_json() == expected
     assert [path.name for path in (tmp_path / "run").iterdir()] == ["run.json"]
 
 
@@ -94,7 +95,7 @@ def test_config_logged_as_flat_redacted_params(tmp_path, sqlite_config):
         "data": {"hf_token": "hf_abc123", "corpus": "https://user:pw123@example.com/c", "notes": "x" * 7000},
         "mlflow": {"enabled": True},
     }
-    tracker = RunTracker.open(sqlite_config, tmp_path / "run", "params")
+    tracker = RunTracker.open(sqlite_config, RunDir.at(tmp_path / "run"))
     tracker.log_config(resolved)
     tracker.end("FINISHED")
 
@@ -121,7 +122,8 @@ def test_config_logged_as_flat_redacted_params(tmp_path, sqlite_config):
 
 
 def test_metric_history_at_reported_steps_and_checkpoint_tag(tmp_path, server):
-    tracker = RunTracker.open(MlflowConfig(tracking_uri=server.url), tmp_path / "run", "metrics")
+    run_dir = RunDir.at(tmp_path / "metrics")  # the MLflow run is named as the run
+    tracker = RunTracker.open(MlflowConfig(tracking_uri=server.url), run_dir)
     callback = tracker.callback()
     checkpoint = Checkpoint(str(tmp_path / "checkpoint_000003"))
     for step in (10, 20, 30):
@@ -141,7 +143,7 @@ def test_metric_history_at_reported_steps_and_checkpoint_tag(tmp_path, server):
 
 def test_resume_continues_one_run_without_duplicate_steps(tmp_path, sqlite_config):
     run_dir = tmp_path / "run"
-    first = RunTracker.open(sqlite_config, run_dir, "resumed")
+    first = RunTracker.open(sqlite_config, RunDir.at(run_dir))
     first.log_config({"scaling": {"num_workers": 2}, "optim": {"lr": 0.1}})
     callback = first.callback()
     for step in (1, 2, 3, 4):
@@ -152,8 +154,8 @@ def test_resume_continues_one_run_without_duplicate_steps(tmp_path, sqlite_confi
     callback.close()
     first.end("FAILED", error="RuntimeError: worker died")
 
-    second = RunTracker.open(sqlite_config, run_dir, "resumed")
-    assert second.run_id == first.run_id == read_run_json(run_dir)["mlflow_run_id"]
+    second = RunTracker.open(sqlite_config, RunDir.at(run_dir))
+    assert second.run_id == first.run_id == RunDir.at(run_dir).read_run_json()["mlflow_run_id"]
     second.log_config({"scaling": {"num_workers": 1}, "optim": {"lr": 0.1}})
     callback = second.callback()
     for step in (4, 5, 6, 7):  # resumed from the checkpoint at step 3
@@ -173,7 +175,7 @@ def test_resume_continues_one_run_without_duplicate_steps(tmp_path, sqlite_confi
 
 
 def test_server_outage_neither_blocks_nor_loses_metrics(tmp_path, server):
-    tracker = RunTracker.open(MlflowConfig(tracking_uri=server.url), tmp_path / "run", "outage")
+    tracker = RunTracker.open(MlflowConfig(tracking_uri=server.url), RunDir.at(tmp_path / "run"))
     callback = tracker.callback()
     client = MlflowClient(server.url)
     report(callback, 1, loss=1.0)
@@ -197,14 +199,15 @@ def test_server_outage_neither_blocks_nor_loses_metrics(tmp_path, server):
 def test_metrics_the_server_does_not_take_are_kept_in_the_run_directory(tmp_path):
     run_dir = str(tmp_path / "run")
     nothing_listens = f"http://127.0.0.1:{free_port()}"
-    callback = MetricsCallback(nothing_listens, "0" * 32, run_dir, {}, 3, flush_timeout_s=1)
+    settings = MlflowConfig(max_buffered_metrics=3, flush_timeout_s=1)
+    callback = MetricsCallback(MlflowRun(nothing_listens, "0" * 32), RunDir.at(run_dir), settings)
     started = time.monotonic()
     for step in range(1, 11):
         report(callback, step, loss=float(step))
     callback.close()
     assert time.monotonic() - started < 1.0 + DOES_NOT_HANG_S
 
-    unsent, _ = load_unsent(run_dir)
+    unsent, _ = load_unsent(RunDir.at(run_dir))
     assert sorted((m.step, m.value) for m in unsent.metrics) == [(step, float(step)) for step in range(1, 11)]
 
 
@@ -218,11 +221,11 @@ def test_a_server_down_at_the_start_costs_one_warning_and_a_sync_delivers_everyt
     job = JobConfig(
         train=TrainConfig(max_steps=3), mlflow=MlflowConfig(tracking_uri=url, experiment_name="offline")
     )
-    update_run_json(run_dir, config=job.to_dict())
+    RunDir.at(run_dir).update_run_json(config=job.to_dict())
     server.stop()
     started = time.monotonic()
     with caplog.at_level(logging.WARNING):
-        tracker = RunTracker.open(job.mlflow, run_dir, "offline")
+        tracker = RunTracker.open(job.mlflow, RunDir.at(run_dir))
     assert time.monotonic() - started < DOES_NOT_HANG_S
     assert tracker.offline
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -244,36 +247,36 @@ def test_a_server_down_at_the_start_costs_one_warning_and_a_sync_delivers_everyt
     assert second.startswith("Nothing to send")
 
     client = MlflowClient(server.url)
-    run = client.get_run(read_run_json(run_dir)["mlflow_run_id"])
+    run = client.get_run(RunDir.at(run_dir).read_run_json()["mlflow_run_id"])
     assert history(client, run.info.run_id, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0)]
     assert (run.info.status, run.data.tags["model_preset"]) == ("FINISHED", "tiny")
     assert run.data.params["mlflow.tracking_uri"] == "http://alice:***@" + server.url.removeprefix("http://")
-    assert load_unsent(str(run_dir)) == (Unsent(), [])
+    assert load_unsent(RunDir.at(run_dir)) == (Unsent(), [])
 
 
 def test_a_batch_the_server_took_before_it_stopped_answering_is_not_sent_twice(tmp_path, sqlite_config):
     """What the run already has is left out of the unsent records; of a step recorded twice, the first."""
     run_dir = tmp_path / "run"
-    first = RunTracker.open(sqlite_config, run_dir, "twice")
+    first = RunTracker.open(sqlite_config, RunDir.at(run_dir))
     callback = first.callback()
     report(callback, 1, loss=1.0)
     report(callback, 2, loss=2.0)
     callback.close()
     # The last batch reached the store, but the answer did not: its metrics were kept as unsent as well.
     taken = [Metric("loss", 1.0, 0, 1), Metric("loss", 2.0, 0, 2), Metric("loss", 3.0, 0, 3)]
-    save_unsent(str(run_dir), Unsent(taken))
-    save_unsent(str(run_dir), Unsent([Metric("loss", 33.0, 0, 3), Metric("loss", 4.0, 0, 4)]))
+    save_unsent(RunDir.at(run_dir), Unsent(taken))
+    save_unsent(RunDir.at(run_dir), Unsent([Metric("loss", 33.0, 0, 3), Metric("loss", 4.0, 0, 4)]))
 
-    second = RunTracker.open(sqlite_config, run_dir, "twice")
+    second = RunTracker.open(sqlite_config, RunDir.at(run_dir))
     assert second.run_id == first.run_id
     client = MlflowClient(second.tracking_uri)
     assert history(client, first.run_id, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
-    assert load_unsent(str(run_dir)) == (Unsent(), [])
+    assert load_unsent(RunDir.at(run_dir)) == (Unsent(), [])
 
 
 @pytest.mark.parametrize("status", ["FINISHED", "FAILED", "KILLED"])
 def test_end_status_is_recorded_once(tmp_path, sqlite_config, status):
-    tracker = RunTracker.open(sqlite_config, tmp_path / "run", "ending")
+    tracker = RunTracker.open(sqlite_config, RunDir.at(tmp_path / "run"))
     tracker.end(status, error="ValueError: bad batch" if status == "FAILED" else None)
     tracker.end("FINISHED")  # a later end, e.g. from a `finally`, changes nothing
 
@@ -283,7 +286,7 @@ def test_end_status_is_recorded_once(tmp_path, sqlite_config, status):
 
 
 def test_callback_pickles_and_logs_after_unpickling(tmp_path, sqlite_config):
-    tracker = RunTracker.open(sqlite_config, tmp_path / "run", "pickled")
+    tracker = RunTracker.open(sqlite_config, RunDir.at(tmp_path / "run"))
     callback = tracker.callback()
     report(callback, 1, loss=1.0)  # its sender thread is running now
 
@@ -299,7 +302,7 @@ def test_callback_pickles_and_logs_after_unpickling(tmp_path, sqlite_config):
 
 def test_disabled_tracking_does_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tracker = RunTracker.open(MlflowConfig(enabled=False), tmp_path / "run", "off")
+    tracker = RunTracker.open(MlflowConfig(enabled=False), RunDir.at(tmp_path / "run"))
     tracker.log_config({"optim": {"lr": 0.1}})
     tracker.set_tags({"model_preset": "tiny"})
     callback = tracker.callback()
@@ -319,7 +322,7 @@ def test_final_model_logged_loads_and_is_registered(tmp_path, server):
     manifest.write_text(json.dumps({"examples": 10}))
     config = MlflowConfig(tracking_uri=server.url, registered_model_name="bert-tiny-test")
 
-    tracker = RunTracker.open(config, tmp_path / "run", "final")
+    tracker = RunTracker.open(config, RunDir.at(tmp_path / "run"))
     tracker.log_final(final_dir, {"data_manifest": manifest})
     tracker.end("FINISHED")
 

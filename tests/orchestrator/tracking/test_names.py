@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 from ray.train.v2._internal.execution.training_report import _TrainingReport
 
 from orchestrator.config import MlflowConfig
+from orchestrator.run_dir import RunDir
 from orchestrator.tracking.names import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 from orchestrator.tracking.run import RunTracker
 from orchestrator.tracking.ui import ui_address
@@ -34,30 +35,30 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 
 def test_the_experiment_is_marked_as_model_training(tmp_path, config):
-    tracker = RunTracker.open(config, tmp_path / "run", "kind")
+    tracker = RunTracker.open(config, RunDir.at(tmp_path / "run"))
     tracker.end("FINISHED")
     client = MlflowClient(tracker.tracking_uri)
     experiment = client.get_experiment_by_name(config.experiment_name)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING == "custom_model_development"
 
     client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "genai_development_inferred")
-    RunTracker.open(config, tmp_path / "another", "kind").end("FINISHED")  # a guess of the UI is replaced
+    RunTracker.open(config, RunDir.at(tmp_path / "another")).end("FINISHED")  # a guess of the UI is replaced
     assert client.get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
     client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "finetuning")
-    RunTracker.open(config, tmp_path / "a third", "kind").end("FINISHED")  # a person's choice is kept
+    RunTracker.open(config, RunDir.at(tmp_path / "a third")).end("FINISHED")  # a person's choice is kept
     assert client.get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND_TAG] == "finetuning"
 
 
 def test_a_run_from_before_the_sectioned_names_resumes_under_them(tmp_path, config):
     run_dir = tmp_path / "run"
-    first = RunTracker.open(config, run_dir, "renamed")
+    first = RunTracker.open(config, RunDir.at(run_dir))
     callback = first.callback()
     for step in (1, 2, 3, 4):  # logged by the version before the rename
         report(callback, step, loss=float(step), eval_mlm_loss=10.0 - step, consumed_samples=8.0 * step)
     callback.close()
     first.end("KILLED")
 
-    second = RunTracker.open(config, run_dir, "renamed")
+    second = RunTracker.open(config, RunDir.at(run_dir))
     assert second.run_id == first.run_id
     callback = second.callback()
     for step in (3, 4, 5, 6):  # resumed from the checkpoint at step 2: steps 3 and 4 come again
@@ -71,7 +72,7 @@ def test_a_run_from_before_the_sectioned_names_resumes_under_them(tmp_path, conf
     assert [step for step, _ in history(client, first.run_id, "data/consumed_samples")] == [1, 2, 3, 4, 5, 6]
     assert history(client, first.run_id, "loss") == [(1, 1), (2, 2), (3, 3), (4, 4)]  # kept as it was
 
-    RunTracker.open(config, run_dir, "renamed").end("FINISHED")  # resuming again copies nothing twice
+    RunTracker.open(config, RunDir.at(run_dir)).end("FINISHED")  # resuming again copies nothing twice
     assert len(history(client, first.run_id, "train/loss")) == 6
 
 

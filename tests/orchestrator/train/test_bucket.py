@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from data import load_manifest, storage
+from common import storage
+from data import load_manifest
 from orchestrator.cli import main
 from orchestrator.inference.loading import load_model
 from orchestrator.inference.predict import fill_mask
-from orchestrator.run_dir import read_run_json
+from orchestrator.run_dir import RunDir
 from orchestrator.train.checkpoints import load_model_from_checkpoint
 from orchestrator.train.driver import train
 from tests.orchestrator.conftest import make_job, write_corpus
@@ -52,7 +53,7 @@ def test_a_run_in_a_bucket_trains_exports_and_resumes_from_there(ray_session, bu
     assert again.steps == 4
     files = storage.list_files(run_dir)
     assert {"checkpoint_000000002/model.safetensors", "checkpoint_000000004/model.safetensors"} <= set(files)
-    assert read_run_json(run_dir)["final_dir"] == again.final_dir
+    assert RunDir.at(run_dir).read_run_json()["final_dir"] == again.final_dir
     # The final model in the bucket is the last checkpoint's, with its tokenizer.
     with storage.local_input(again.final_dir) as final:
         exported = transformers.BertForPreTraining.from_pretrained(final).eval()

@@ -12,18 +12,19 @@ from ray.train import ControllerError, WorkerGroupError
 from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 from ray.train.v2._internal.execution.controller.state import RestartingState
 
-from data import storage
+from common import storage
+from common.errors import UserError
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import OptimConfig
-from orchestrator.errors import UserError
+from orchestrator.run_dir import RunDir, checkpoint_name
 from orchestrator.train.checkpoints import (
     MODEL_FILE,
     OPTIMIZER_FILE,
     TRAIN_STATE_FILE,
     ResumePoint,
+    Trainables,
     TrainState,
     check_resumable,
-    checkpoint_dir_name,
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -47,8 +48,10 @@ def save_checkpoints(run_dir, steps) -> None:
     model, optimizer, scheduler = make_training_state()
     for step in steps:
         state = TrainState(step=step, consumed_samples=step * 16)
-        directory = run_dir / checkpoint_dir_name(step)
-        save_checkpoint(directory, model, optimizer, scheduler, state, [rng_state()], {"train": {"seed": 0}})
+        directory = run_dir / checkpoint_name(step)
+        save_checkpoint(
+            directory, Trainables(model, optimizer, scheduler), state, [rng_state()], {"train": {"seed": 0}}
+        )
 
 
 @pytest.fixture
@@ -57,15 +60,15 @@ def damaged_run(tmp_path):
     train_state.json), 8 truncated, 6 with a train_state.json cut short; 4 and 2 intact."""
     run_dir = tmp_path / "run"
     save_checkpoints(run_dir, [2, 4, 6, 8, 10])
-    os.remove(run_dir / checkpoint_dir_name(10) / TRAIN_STATE_FILE)
-    os.truncate(run_dir / checkpoint_dir_name(8) / MODEL_FILE, 1000)
-    state_file = run_dir / checkpoint_dir_name(6) / TRAIN_STATE_FILE
+    os.remove(run_dir / checkpoint_name(10) / TRAIN_STATE_FILE)
+    os.truncate(run_dir / checkpoint_name(8) / MODEL_FILE, 1000)
+    state_file = run_dir / checkpoint_name(6) / TRAIN_STATE_FILE
     state_file.write_text(state_file.read_text()[:50])
     return run_dir
 
 
 def test_the_run_resumes_from_the_newest_intact_checkpoint_and_names_each_one_skipped(damaged_run, bucket):
-    full_size = (damaged_run / checkpoint_dir_name(4) / MODEL_FILE).stat().st_size
+    full_size = (damaged_run / checkpoint_name(4) / MODEL_FILE).stat().st_size
     expected_skips = [
         (
             "checkpoint_000000010",
@@ -76,29 +79,31 @@ def test_the_run_resumes_from_the_newest_intact_checkpoint_and_names_each_one_sk
     ]
     storage.copy_dir(str(damaged_run), bucket)
     for run_dir in (str(damaged_run), bucket):
-        resume = find_resume_checkpoint(run_dir)
+        resume = find_resume_checkpoint(RunDir.at(run_dir))
         assert (resume.path, resume.step) == (storage.join(run_dir, "checkpoint_000000004"), 4)
         assert resume.skipped == expected_skips
 
     model, optimizer, scheduler = make_training_state(seed=1)
-    state = load_checkpoint(damaged_run / "checkpoint_000000004", model, optimizer, scheduler, rank=0)
+    state = load_checkpoint(
+        damaged_run / "checkpoint_000000004", Trainables(model, optimizer, scheduler), rank=0
+    )
     assert (state.step, state.consumed_samples) == (4, 64)
     torch.testing.assert_close(model.state_dict(), make_training_state(seed=0)[0].state_dict())
 
 
 def test_a_run_without_an_intact_checkpoint_starts_at_step_0(tmp_path):
     save_checkpoints(tmp_path / "run", [3])
-    optimizer_file = tmp_path / "run" / checkpoint_dir_name(3) / OPTIMIZER_FILE
+    optimizer_file = tmp_path / "run" / checkpoint_name(3) / OPTIMIZER_FILE
     size = optimizer_file.stat().st_size
     os.truncate(optimizer_file, 10)
-    resume = find_resume_checkpoint(str(tmp_path / "run"))
+    resume = find_resume_checkpoint(RunDir.at(tmp_path / "run"))
     assert (resume.path, resume.step) == (None, 0)
     assert resume.skipped == [("checkpoint_000000003", f"optimizer.pt is 10 bytes, not {size:,}")]
-    assert find_resume_checkpoint(str(tmp_path / "no-run")) == ResumePoint(None, 0, [])
+    assert find_resume_checkpoint(RunDir.at(tmp_path / "no-run")) == ResumePoint(None, 0, [])
 
 
 def test_after_a_finished_run_the_newest_intact_checkpoints_stay_and_the_rest_go(damaged_run):
-    assert sorted(prune_checkpoints(str(damaged_run), keep=1)) == [
+    assert sorted(prune_checkpoints(RunDir.at(damaged_run), keep=1)) == [
         "checkpoint_000000002",
         "checkpoint_000000006",
         "checkpoint_000000008",
@@ -109,19 +114,19 @@ def test_after_a_finished_run_the_newest_intact_checkpoints_stay_and_the_rest_go
 
 def test_a_file_damaged_inside_is_a_user_error_naming_it(tmp_path):
     save_checkpoints(tmp_path, [5])
-    directory = tmp_path / checkpoint_dir_name(5)
+    directory = tmp_path / checkpoint_name(5)
     optimizer_file = directory / OPTIMIZER_FILE
     size = optimizer_file.stat().st_size
     optimizer_file.write_bytes(b"\0" * size)  # the size recorded still matches: only loading finds it
-    assert find_resume_checkpoint(str(tmp_path)).step == 5
+    assert find_resume_checkpoint(RunDir.at(tmp_path)).step == 5
     model, optimizer, scheduler = make_training_state()
     with pytest.raises(UserError, match=r"checkpoint checkpoint_000000005: optimizer.pt cannot be read"):
-        load_checkpoint(directory, model, optimizer, scheduler, rank=0)
+        load_checkpoint(directory, Trainables(model, optimizer, scheduler), rank=0)
 
 
 def test_a_checkpoint_of_another_model_size_is_refused_before_any_worker_starts(tmp_path):
     save_checkpoints(tmp_path, [1])
-    path = str(tmp_path / checkpoint_dir_name(1))
+    path = str(tmp_path / checkpoint_name(1))
     check_resumable(path, BertConfig.from_preset("tiny", vocab_size=VOCAB, num_hidden_layers=1))
     with pytest.raises(UserError, match="hidden_size 128 there vs 256 now") as error:
         check_resumable(path, BertConfig.from_preset("mini", vocab_size=VOCAB))

@@ -14,12 +14,12 @@ import torch
 import transformers
 from mlflow import MlflowClient
 
+from common.errors import UserError
 from model import BertForPreTraining
 from orchestrator.config import config_from_dict
-from orchestrator.errors import UserError
-from orchestrator.run_dir import read_run_json
+from orchestrator.run_dir import RunDir
 from orchestrator.train.checkpoints import init_weights_from
-from orchestrator.train.driver import resolve_job, train
+from orchestrator.train.driver import train
 from orchestrator.train.init_from import adopt_donor, model_config, read_donor
 from tests.orchestrator.conftest import (
     DONOR_SHAPE,
@@ -55,7 +55,7 @@ def continue_job(root: Path, donor: Path, **sections: dict):
     }
     for section, values in sections.items():
         raw[section] = {**raw[section], **values}
-    return resolve_job(config_from_dict(raw))
+    return config_from_dict(raw)
 
 
 @pytest.mark.parametrize("kind", list(HF_CLASSES))
@@ -161,7 +161,7 @@ def test_continued_at_lr_0_the_export_is_the_donor(tmp_path, donor_dir, ray_sess
         ours = exported.bert(input_ids=input_ids).last_hidden_state
         theirs = donor.bert(input_ids=input_ids).last_hidden_state
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    assert read_run_json(result.run_dir)["config"]["data"]["tokenizer_dir"] == str(donor_dir)
+    assert RunDir.at(result.run_dir).read_run_json()["config"]["data"]["tokenizer_dir"] == str(donor_dir)
 
 
 def test_continued_pretraining_lowers_the_held_out_loss_and_mlflow_records_the_donor(
@@ -178,7 +178,7 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_mlflow_records_the_d
     job = dataclasses.replace(job, checkpoint=dataclasses.replace(job.checkpoint, every=12))
     result = train(job)
     client = MlflowClient(tracking_uri)
-    run_id = read_run_json(result.run_dir)["mlflow_run_id"]
+    run_id = RunDir.at(result.run_dir).read_run_json()["mlflow_run_id"]
     run = client.get_run(run_id)
     assert run.data.tags["init_from"] == str(donor_dir)
     expected_hash = read_donor(str(donor_dir)).config_hash

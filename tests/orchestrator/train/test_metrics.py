@@ -9,8 +9,10 @@ import torch
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import JobConfig
 from orchestrator.tracking.names import RENAMED_METRICS
-from orchestrator.train.loop import MetricsWindow, progress_line, train_step
+from orchestrator.train.checkpoints import Trainables
+from orchestrator.train.metrics_window import MetricsWindow, progress_line
 from orchestrator.train.optim import build_optimizer, build_scheduler
+from orchestrator.train.step import TrainStep
 from orchestrator.train.throughput import dense_bf16_peak_flops
 
 
@@ -37,9 +39,10 @@ def test_a_window_reports_real_tokens_padding_and_sectioned_names(use_nsp):
     optimizer = build_optimizer(model, job.optim)
     scheduler = build_scheduler(optimizer, job.optim, total_steps=10)
     window = MetricsWindow(torch.device("cpu"), config)
+    step = TrainStep(Trainables(model, optimizer, scheduler), job.optim.max_grad_norm)
     micro_batches = [padded_batch([16, 4, 9], 16), padded_batch([3, 8], 12)]  # 40 real of 72 positions
     for _ in range(2):
-        window.add(train_step(model, model, optimizer, scheduler, micro_batches, job, world_size=1))
+        window.add(step(micro_batches))
     metrics = window.read()
 
     nsp = {"train/nsp_loss", "train/nsp_accuracy"}
@@ -63,7 +66,7 @@ def test_mfu_is_the_model_flops_over_the_peak_of_the_elapsed_time():
     window = MetricsWindow(torch.device("cpu"), config)
     window.peak_flops = 1e9  # as on a GPU of the table
     batch = padded_batch([16, 4, 9], 16)
-    window.add(train_step(model, model, optimizer, scheduler, [batch], job, world_size=1))
+    window.add(TrainStep(Trainables(model, optimizer, scheduler), job.optim.max_grad_norm)([batch]))
     metrics = window.read()
     labelled = int((batch["mlm_labels"] != -100).sum())
     flops = config.training_flops(16 + 4 + 9, 16**2 + 4**2 + 9**2, labelled, 3)

@@ -32,7 +32,7 @@ import yaml
 from mlflow import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.run_dir import read_run_json
+from orchestrator.run_dir import RunDir
 from orchestrator.train.checkpoints import MODEL_FILE, checked_checkpoints, find_resume_checkpoint
 from orchestrator.train.driver import train
 from tests.orchestrator.conftest import make_job
@@ -53,13 +53,13 @@ class CheckpointWatcher(threading.Thread):
     def __init__(self, run_dir: str, on_checkpoint):
         super().__init__(daemon=True)
         self.run_dir, self.on_checkpoint = run_dir, on_checkpoint
-        self.seen = {name for name, problem in checked_checkpoints(run_dir) if problem is None}
+        self.seen = {name for name, problem in checked_checkpoints(RunDir.at(run_dir)) if problem is None}
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(0.05):
             with contextlib.suppress(Exception):  # a checkpoint being written or deleted meanwhile
-                for name, problem in checked_checkpoints(self.run_dir):
+                for name, problem in checked_checkpoints(RunDir.at(self.run_dir)):
                     if problem is None and name not in self.seen:
                         self.seen.add(name)
                         self.on_checkpoint(int(name.removeprefix("checkpoint_")))
@@ -166,7 +166,7 @@ def test_a_killed_tracking_server_neither_stops_nor_holds_up_the_run(runs):
     first, run_dir = runs["first"], runs["run_dir"]
     assert first["result"].steps == FIRST_STEPS
     assert (Path(run_dir) / "final" / "model.safetensors").is_file()
-    assert read_run_json(run_dir)["final_dir"] == first["result"].final_dir
+    assert RunDir.at(run_dir).read_run_json()["final_dir"] == first["result"].final_dir
     assert first["returned"] - first["ends"][FIRST_STEPS] < FLUSH_TIMEOUT_S + END_MARGIN_S
     console = first["console"].getvalue()
     assert f"could not be sent to http://alice:***@127.0.0.1:{runs['server'].port}" in console
@@ -196,7 +196,7 @@ def test_the_run_resumes_from_the_newest_intact_checkpoint_and_says_so(runs):
 def test_an_interrupt_right_after_a_checkpoint_keeps_it_and_says_how_to_resume(runs):
     second, run_dir = runs["second"], runs["run_dir"]
     assert second["status"] == 130
-    resume = find_resume_checkpoint(run_dir)
+    resume = find_resume_checkpoint(RunDir.at(run_dir))
     assert INTERRUPT_AT <= resume.step < SECOND_STEPS
     interrupted = [line for line in second["console"].getvalue().splitlines() if "interrupted" in line]
     assert interrupted == [
@@ -210,9 +210,9 @@ def test_every_metric_reaches_mlflow_exactly_once(runs):
     not taken in when it was interrupted, from its last checkpoint by `tracking sync`."""
     assert runs["second"]["sync_status"] == 0
     client = MlflowClient(runs["url"])
-    run = client.get_run(read_run_json(runs["run_dir"])["mlflow_run_id"])
+    run = client.get_run(RunDir.at(runs["run_dir"]).read_run_json()["mlflow_run_id"])
     assert run.info.status == "KILLED"
-    last_step = find_resume_checkpoint(runs["run_dir"]).step
+    last_step = find_resume_checkpoint(RunDir.at(runs["run_dir"])).step
     for key in ("train/loss", "train/mlm_accuracy", "optim/learning_rate"):
         steps = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
         assert steps[:last_step] == list(range(1, last_step + 1)), key  # each step once, none missing

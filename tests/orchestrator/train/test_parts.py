@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 
-from data import storage
+from common import storage
+from common.errors import UserError
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import OptimConfig, ScalingConfig
-from orchestrator.errors import UserError
+from orchestrator.run import plan_batches
 from orchestrator.train.checkpoints import (
+    Trainables,
     TrainState,
     export_final,
     init_weights_from,
@@ -20,7 +22,7 @@ from orchestrator.train.checkpoints import (
     save_checkpoint,
 )
 from orchestrator.train.optim import Lamb, build_optimizer, build_scheduler, lr_multiplier, parameter_groups
-from orchestrator.train.resources import check_resources, plan_batches, ray_worker_count
+from orchestrator.train.resources import check_resources, ray_worker_count
 
 
 def tiny_model(seed: int = 0, vocab_size: int = 99) -> BertForPreTraining:
@@ -32,7 +34,7 @@ def save_untrained_checkpoint(directory, model: BertForPreTraining) -> None:
     """A training checkpoint of `model` at step 0, with a fresh AdamW and schedule."""
     optimizer = build_optimizer(model, OptimConfig())
     scheduler = build_scheduler(optimizer, OptimConfig(), 5)
-    save_checkpoint(directory, model, optimizer, scheduler, TrainState(), [rng_state()], {})
+    save_checkpoint(directory, Trainables(model, optimizer, scheduler), TrainState(), [rng_state()], {})
 
 
 def random_batch(vocab_size: int = 99, batch: int = 4, seq: int = 12) -> dict[str, torch.Tensor]:
@@ -157,12 +159,16 @@ def test_a_checkpoint_restores_training_exactly(tmp_path, name):
     for batch in batches[:2]:
         step(model, optimizer, scheduler, batch)
     state = TrainState(step=2, consumed_samples=8, data_epoch=1, data_step_in_epoch=0, world_size=1)
-    save_checkpoint(tmp_path, model, optimizer, scheduler, state, [rng_state()], {"train": {"max_steps": 10}})
+    save_checkpoint(
+        tmp_path, Trainables(model, optimizer, scheduler), state, [rng_state()], {"train": {"max_steps": 10}}
+    )
     for batch in batches[2:]:  # dropout is on: the RNG matters too
         step(model, optimizer, scheduler, batch)
 
     resumed_model, resumed_optimizer, resumed_scheduler = make()
-    restored = load_checkpoint(tmp_path, resumed_model, resumed_optimizer, resumed_scheduler, rank=0)
+    restored = load_checkpoint(
+        tmp_path, Trainables(resumed_model, resumed_optimizer, resumed_scheduler), rank=0
+    )
     assert (restored.step, restored.consumed_samples, restored.data_epoch) == (2, 8, 1)
     for batch in batches[2:]:
         step(resumed_model, resumed_optimizer, resumed_scheduler, batch)

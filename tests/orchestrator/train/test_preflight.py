@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 import data
+from common import storage
+from common.errors import UserError
 from data import PrepareConfig, TokenizerConfig
 from model import BertConfig, BertForPreTraining
-from orchestrator.errors import UserError
+from orchestrator.run_dir import checkpoint_name
 from orchestrator.train.checkpoints import (
     OPTIMIZER_FILE,
+    Trainables,
     TrainState,
-    checkpoint_dir_name,
     rng_state,
     save_checkpoint,
 )
@@ -69,7 +71,7 @@ def test_prepared_data_that_train_did_not_make_is_refused_and_left_as_it_was(
 
 def test_data_rebuild_replaces_it_with_this_runs_data(tmp_path, prepared_corpus, foreign_prepared):
     copy = tmp_path / "prepared"
-    data.storage.copy_dir(str(foreign_prepared), str(copy))
+    storage.copy_dir(str(foreign_prepared), str(copy))
     job = make_job(tmp_path, {**prepared_corpus["data"], "prepared_dir": str(copy), "rebuild": True})
     manifest = ensure_prepared_data(job)
     assert manifest.settings.max_seq_length == 32
@@ -110,9 +112,11 @@ def test_a_checkpoint_damaged_inside_fails_the_run_once_naming_the_file(tmp_path
     vocab_size = data.load_manifest(job.data.prepared_dir).vocab_size
     model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=vocab_size))
     optimizer = build_optimizer(model, job.optim)
-    directory = Path(job.checkpoint.storage_path, job.checkpoint.run_name, checkpoint_dir_name(2))
+    directory = Path(job.checkpoint.storage_path, job.checkpoint.run_name, checkpoint_name(2))
     scheduler = build_scheduler(optimizer, job.optim, 4)
-    save_checkpoint(directory, model, optimizer, scheduler, TrainState(step=2), [rng_state()], job.to_dict())
+    save_checkpoint(
+        directory, Trainables(model, optimizer, scheduler), TrainState(step=2), [rng_state()], job.to_dict()
+    )
     optimizer_file = directory / OPTIMIZER_FILE
     optimizer_file.write_bytes(b"\0" * optimizer_file.stat().st_size)
 

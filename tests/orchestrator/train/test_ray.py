@@ -14,12 +14,11 @@ import transformers
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
+from common.errors import UserError
 from model import BertForPreTraining
-from orchestrator.errors import UserError
-from orchestrator.run_dir import read_run_json
+from orchestrator.run_dir import FAULT_MARKER_FILE, RunDir
 from orchestrator.train.checkpoints import read_train_state
 from orchestrator.train.driver import train
-from orchestrator.train.loop import FAULT_MARKER_FILE
 from tests.orchestrator.conftest import make_job
 from tests.orchestrator.reports import ReportRecorder, read_failures, read_reports
 from tests.orchestrator.train.conftest import (
@@ -130,7 +129,7 @@ def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_
     final_state = read_train_state(Path(reports[-1]["checkpoint"]))
     assert (final_state["step"], final_state["consumed_samples"]) == (STEPS, STEPS * GLOBAL_BATCH)
     assert final_state["world_size"] == 1
-    run_json = read_run_json(restarted_run["result"].run_dir)
+    run_json = RunDir.at(restarted_run["result"].run_dir).read_run_json()
     assert run_json["config"] == json.loads(json.dumps(job.to_dict()))  # the resolved config of this start
     batch = run_json["plan"]["batch"]
     assert (batch["global_batch_size"], batch["num_workers"], batch["accumulation_steps"]) == (
@@ -142,7 +141,7 @@ def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_
 
 def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(restarted_run, tmp_path):
     tracking_uri = restarted_run["mlflow"]["tracking_uri"]
-    run_id = read_run_json(restarted_run["result"].run_dir)["mlflow_run_id"]
+    run_id = RunDir.at(restarted_run["result"].run_dir).read_run_json()["mlflow_run_id"]
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("bert-pretrain").experiment_id])
     assert run.info.run_id == run_id and run.info.status == "FINISHED"

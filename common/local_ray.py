@@ -16,18 +16,13 @@ def init_ray(**kwargs: Any) -> None:
     `address`) names, or that `ray start` runs on this machine; else to a new local Ray on 127.0.0.1.
     `address="local"` always starts a new one."""
     import ray
-    from ray._private import ray_constants, services
+
+    from common.ray_internals import names_a_cluster, single_machine_mode
 
     if ray.is_initialized():
         return
-    if services.canonicalize_bootstrap_address(kwargs.get("address")) is not None:
+    if names_a_cluster(kwargs.get("address")):
         ray.init(**kwargs)
         return
-    # Ray's own switch for single-machine use (its default on macOS and Windows): the node's address is
-    # 127.0.0.1, and every Ray process of the node listens there. Read while Ray starts; restored after.
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with single_machine_mode():
         ray.init(**{**kwargs, "address": "local"})
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
-from data.errors import DataError
+from common.errors import StorageError
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -42,7 +42,8 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def _clear_bucket_errors(function):
-    """A bucket's OSError (unreachable, no credentials, no permission) becomes a DataError naming the fix."""
+    """A bucket's OSError (unreachable, no credentials, no permission) becomes a StorageError naming the
+    fix."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -52,7 +53,7 @@ def _clear_bucket_errors(function):
             uris = [str(a) for a in args if isinstance(a, str | os.PathLike) and is_uri(a)]
             if not uris:
                 raise
-            raise DataError(
+            raise StorageError(
                 f"{' -> '.join(uris)}: {error}. Check the URI, the network and the bucket's credentials "
                 "(AWS_* environment variables or the node's instance profile)"
             ) from error

@@ -1,0 +1,62 @@
+"""Every use of Ray's private API, in one module: a Ray upgrade that moves one touches this file only.
+
+- Ray Train's controller callbacks and its restarting state: the public `UserCallback` has no hook at the end
+  of a run nor before a restart (the metric sender flushes at the end; a worker's user error stops the run).
+- Ray Train's environment switches: its controller's poll interval and its preemption watcher.
+- Ray's logging: Ray Train's per-report INFO lines and Ray Data's stream notices kept off the console.
+- Ray's own switch for single-machine use, and its address lookup (the local Ray on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from ray._private import ray_constants, services
+from ray.data._internal.logging import SessionFileHandler
+from ray.train.v2._internal.constants import (
+    ENABLE_PREEMPTION_WATCHER_ENV_VAR,
+    HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+)
+from ray.train.v2._internal.execution import context as train_context
+from ray.train.v2._internal.execution.callback import ControllerCallback, ReportCallback
+from ray.train.v2._internal.execution.controller.state import RestartingState
+
+__all__ = [
+    "ENABLE_PREEMPTION_WATCHER_ENV_VAR",
+    "HEALTH_CHECK_INTERVAL_S_ENV_VAR",
+    "ControllerCallback",
+    "ReportCallback",
+    "RestartingState",
+    "quiet_ray_console",
+    "names_a_cluster",
+    "single_machine_mode",
+]
+
+
+def quiet_ray_console() -> None:
+    """Ray Train logs every report of every rank at INFO, a long line each (our progress line says it once),
+    and Ray Data notes each stream it starts and ends: keep those in Ray's log files, off the console."""
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):
+            handler.setLevel(logging.ERROR)
+
+
+def names_a_cluster(address: str | None) -> bool:
+    """Whether `ray.init(address=...)` would join a cluster: the address (or RAY_ADDRESS) names one, or
+    `ray start` runs on this machine."""
+    return services.canonicalize_bootstrap_address(address) is not None
+
+
+@contextlib.contextmanager
+def single_machine_mode() -> Iterator[None]:
+    """While Ray starts: its own switch for single-machine use (its default on macOS and Windows), under
+    which the node's address is 127.0.0.1 and every Ray process of the node listens there."""
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
