@@ -22,7 +22,7 @@ from model import (
     compile_model,
 )
 from model.modernbert import attention_path, band_mask
-from model.modernbert_hf import config_from_hf, config_to_hf
+from model.modernbert_hf import config_from_hf, config_to_hf, to_hf_state_dict
 from tests.model.helpers import random_batch
 
 SEQ = 40
@@ -376,6 +376,24 @@ def test_unpadded_and_padded_paths_give_the_same_losses_and_gradients(lengths):
     assert _gradients(unpadded).keys() == padded_gradients.keys()
     for name, gradient in _gradients(unpadded).items():
         assert_close(gradient, padded_gradients[name], msg=name)
+
+
+def test_unpadded_training_step_matches_transformers_loss_and_gradients(tmp_path):
+    config = tiny_config(norm_bias=True, mlp_bias=True)
+    reference = hf_reference(config, seed=3).train()  # dropouts 0, ModernBERT's defaults
+    reference.save_pretrained(tmp_path)
+    ours = ModernBertForPreTraining.from_hf(tmp_path).train()
+    batch = random_batch(config, seq_len=SEQ, lengths=[40, 27, 9, 33], seed=3)
+    out = ours(**batch)
+    expected = reference(batch["input_ids"], batch["attention_mask"], labels=batch["mlm_labels"])
+    assert_close(out.loss, expected.loss)
+    out.loss.backward()
+    expected.loss.backward()
+    holder = ModernBertForPreTraining(config)  # our gradients under transformers' names, vocabulary cut
+    holder.load_state_dict({name: p.grad for name, p in ours.named_parameters()})
+    ours_gradients = to_hf_state_dict(holder)
+    for name, parameter in reference.named_parameters():
+        assert_close(ours_gradients[name], parameter.grad, msg=name)
 
 
 def test_every_layer_works_on_the_real_tokens_only():
