@@ -397,7 +397,9 @@ class ModernBertModel(nn.Module):
                 for window in set(config.attention_windows)
             }
         else:
-            positions = layout.positions  # (T,) each real token's position in its row, as HF counts them
+            # (T,) each real token's position in its row, as HF counts them. The windows count positions
+            # within the real tokens: HF's too while a row's real tokens are contiguous (padding at the ends).
+            positions = layout.positions
             x = self.embeddings(layout.unpad(input_ids))  # (T, H)
             torch._dynamo.maybe_mark_dynamic(x, 0)  # compiled layers: one graph for any token count
             masks = dict.fromkeys(config.attention_windows)

@@ -451,6 +451,23 @@ def test_split_batch_with_global_normaliser_gives_the_full_batch_loss_and_gradie
         assert_close(split_gradients[name], gradient, msg=name)
 
 
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    config = tiny_config(num_hidden_layers=3)
+    model = _perturbed(ModernBertForPreTraining(config)).train()
+    recomputing = ModernBertForPreTraining(dataclasses.replace(config, activation_checkpointing=True)).train()
+    recomputing.load_state_dict(model.state_dict())
+    batch = random_batch(config, seq_len=SEQ, lengths=[40, 21, 9])
+    losses = []
+    for m in (model, recomputing):
+        out = m(**batch)
+        out.loss.backward()
+        losses.append(out.loss)
+    assert_close(losses[0], losses[1])
+    recomputed = _gradients(recomputing)
+    for name, gradient in _gradients(model).items():
+        assert_close(recomputed[name], gradient, msg=name)
+
+
 def test_training_flops_count_the_matmuls_of_an_unpadded_step():
     """With every sequence inside the window, the formula equals torch's own count of the step's matmuls
     (attention dropout on: SDPA's math kernel is made of counted matmuls)."""
