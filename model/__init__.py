@@ -3,6 +3,8 @@
 `BertConfig` and its `PRESETS`; `BertForPreTraining` (`.bert` is the encoder) with HF import/export
 (`from_hf`, `save_hf`); `TokenLayout`, how a padded batch runs unpadded, and `attention_path` in words;
 `compile_model` to apply torch.compile from outside.
+The second family, ModernBERT (model/modernbert.py): `ModernBertConfig` and its `MODERNBERT_PRESETS`,
+`ModernBertForPreTraining` (MLM only, the same batch and output as BERT's), HF import/export beside it.
 """
 
 from model.bert import (
@@ -16,15 +18,21 @@ from model.bert import (
 )
 from model.config import ARCHITECTURE_FIELDS, PRESETS, BertConfig
 from model.hf import CheckpointError
+from model.modernbert import PRESETS as MODERNBERT_PRESETS
+from model.modernbert import ModernBertConfig, ModernBertForPreTraining, ModernBertModel
 
 __all__ = [
     "ARCHITECTURE_FIELDS",
     "IGNORE_INDEX",
+    "MODERNBERT_PRESETS",
     "PRESETS",
     "BertConfig",
     "BertForPreTraining",
     "BertModel",
     "CheckpointError",
+    "ModernBertConfig",
+    "ModernBertForPreTraining",
+    "ModernBertModel",
     "PretrainingOutput",
     "TokenLayout",
     "attention_path",
