@@ -129,7 +129,7 @@ def _build_and_write(
     build = ray.remote(num_returns=3)(build_units)
     outputs = [build.remote(group, settings, tokenizer_ref) for group in groups]
     statistics = tasks.wait(
-        [tasks.track(statistics_ref) for statistics_ref, _, _ in outputs],
+        [tasks.track(statistics_ref, train, held_out) for statistics_ref, train, held_out in outputs],
         "read, tokenize, build",
         [sum(unit.nbytes for unit in group) / 1e6 for group in groups],
         "MB",
@@ -153,7 +153,7 @@ def _build_and_write(
             held_out = [outputs[group][2] for group in group_indexes]
             eval_outputs.append(build_eval.remote(index, settings, selection, *held_out))
         eval_statistics = tasks.wait(
-            [tasks.track(statistics_ref) for statistics_ref, _ in eval_outputs],
+            [tasks.track(statistics_ref, table) for statistics_ref, table in eval_outputs],
             "build held-out",
             None,
             "units",
@@ -354,9 +354,12 @@ class _Tasks:
 
     def __init__(self) -> None:
         self.refs: list = []
+        self.other_returns: dict = {}
 
-    def track(self, ref):
+    def track(self, ref, *other_returns):
+        """`ref` to wait on; `other_returns`, the other results of its task, are read only if it fails."""
         self.refs.append(ref)
+        self.other_returns[ref] = other_returns
         return ref
 
     def wait(self, refs: list, label: str, amounts: list[float] | None, what: str) -> list:
@@ -382,7 +385,8 @@ class _Tasks:
         return results
 
     def cancel(self) -> None:
-        """Stop the tasks still running (they could write into the staging directory) and wait for them."""
+        """Stop the tasks still running (they could write into the staging directory) and wait for them. The
+        error of a failed task is read from each of its results, else Ray prints it again for every one."""
         import ray
 
         for ref in self.refs:
@@ -390,6 +394,13 @@ class _Tasks:
                 ray.cancel(ref, force=True)
         with contextlib.suppress(Exception):
             ray.wait(self.refs, num_returns=len(self.refs), timeout=_CANCEL_WAIT_S)
+        for ref in self.refs:
+            try:
+                ray.get(ref, timeout=0)  # small: statistics or a row count
+            except Exception:
+                for other in self.other_returns[ref]:
+                    with contextlib.suppress(Exception):
+                        ray.get(other, timeout=0)
 
 
 def _progress(done: float, total: float, what: str, started: float) -> str:

@@ -364,13 +364,42 @@ def _read_jsonl_part(part: Part, text_field: str) -> list[str]:
                 "pass --format text to read the file as plain text"
             ) from None
         if not isinstance(row, dict) or text_field not in row:
-            names = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-            raise DataError(
-                f"{part.path} has no field {text_field!r} (it has {names}); pass --text-field NAME"
-            )
+            raise _missing_field_error(part.path, text_field)
         text = row[text_field]
         texts.append("" if text is None else str(text))
     return texts
+
+
+def _missing_field_error(path: str, text_field: str) -> DataError:
+    """The error for a JSONL file with rows that lack `text_field`: how many do, and the line of the first
+    (the whole file is read again, on this error path only)."""
+    filesystem, inner = storage.resolve(path)
+    rows, missing, first, number, pending = 0, 0, None, 0, b""
+    with filesystem.open_input_stream(inner) as stream:
+        while True:
+            chunk = stream.read(_READ_BYTES)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop() if chunk else b""
+            for line in lines:
+                number += 1
+                try:
+                    row = json.loads(line)
+                except ValueError:  # blank or not JSON
+                    continue
+                rows += 1
+                if not isinstance(row, dict) or text_field not in row:
+                    missing += 1
+                    if first is None:
+                        first = (number, ", ".join(row) if isinstance(row, dict) else type(row).__name__)
+            if not chunk:
+                break
+    line, names = first or (0, "")
+    if missing == rows:
+        return DataError(f"{path} has no field {text_field!r} (it has {names}); pass --text-field NAME")
+    return DataError(
+        f"{path}: {missing:,} of its {rows:,} rows have no field {text_field!r}, the first on line {line} "
+        f"(it has {names}); fix or remove those rows (or pass --text-field NAME)"
+    )
 
 
 _HF_DATASETS: dict[str, object] = {}

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +42,7 @@ from .conftest import (
 )
 
 MARKER = re.compile(r"doc(\d+) sent(\d+)")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _split_table(prepared_dir, split="train") -> pa.Table:
@@ -284,6 +287,57 @@ def test_interrupting_leaves_the_previous_data_and_nothing_half_written(
         prepare([corpus_file], tokenizer_dir, str(out), dataclasses.replace(TEST_PREPARE, seed=1))
     assert {path: (out / path).read_bytes() for path in storage.list_files(str(out))} == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def _rows_missing_text(path) -> str:
+    """700 JSONL rows, every 7th without `text`."""
+    rows = [{"body": "No text."} if n % 7 == 0 else {"text": f"Row {n}. It has text."} for n in range(1, 701)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_jsonl_rows_without_the_text_field_are_counted_and_the_first_named(
+    ray_session, tokenizer_dir, tmp_path
+):
+    """The error names the file, the line of the first row without `text` and how many rows of the file
+    lack it: of the whole file, though each task reads a part of it."""
+    path = _rows_missing_text(tmp_path / "rows2.jsonl")
+    with small_units(4 << 10), pytest.raises(DataError) as refused:  # about 5 parts, one task each
+        prepare([path], tokenizer_dir, str(tmp_path / "out"), PrepareConfig(max_seq_length=64))
+    assert str(refused.value) == (
+        f"{path}: 100 of its 700 rows have no field 'text', the first on line 7 (it has body); fix or remove "
+        "those rows (or pass --text-field NAME)"
+    )
+
+
+def test_an_error_in_the_tasks_is_printed_once(tokenizer_dir, tmp_path):
+    """Raised in the build tasks, the error leaves prepare once: Ray does not print it again, with its
+    traceback, for each result of those tasks that nobody read. (Its own process: Ray prints those when the
+    results are freed, at the latest when the process ends.)"""
+    path = _rows_missing_text(tmp_path / "rows2.jsonl")
+    script = (
+        "import sys\n"
+        "from data import DataError, PrepareConfig, prepare, readers\n"
+        "readers.MIN_UNIT_BYTES = 4 << 10\n"
+        "try:\n"
+        f"    prepare([{path!r}], {tokenizer_dir!r}, {str(tmp_path / 'out')!r}, PrepareConfig())\n"
+        "except DataError as error:\n"
+        "    print('error:', error, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_own_ray_env(),
+        cwd=ROOT,
+    )
+    assert done.returncode == 0 and done.stderr.count("have no field 'text'") == 1, done.stderr[-3000:]
+
+
+def _own_ray_env() -> dict[str, str]:
+    """This environment, without the address of a running Ray: the process starts its own."""
+    return {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
 
 
 def test_empty_corpus_is_a_clear_error(ray_session, tokenizer_dir, tmp_path):
