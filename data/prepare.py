@@ -246,6 +246,7 @@ def _corpus_counts(units: list[dict]) -> dict:
         "dropped": sum(unit["dropped"] for unit in units),
         "replaced": sum(unit["replaced"] for unit in units),
         "skipped_binary_files": [path for unit in units for path in unit["binary_files"]],
+        "skipped_empty_files": [path for unit in units for path in unit["empty_files"]],
     }
 
 
@@ -258,8 +259,9 @@ def _sum_counts(parts: list[dict]) -> dict:
 
 def _check_splits(counts: dict, split_counts: dict, config: PrepareConfig) -> None:
     if counts["documents"] == 0:
-        binary = counts["skipped_binary_files"]
-        reason = f" ({len(binary)} binary files were skipped)" if binary else ""
+        binary, empty = counts["skipped_binary_files"], counts["skipped_empty_files"]
+        skipped = [f"{len(binary)} binary"] * bool(binary) + [f"{len(empty)} empty"] * bool(empty)
+        reason = f" ({' and '.join(skipped)} files were skipped)" if skipped else ""
         raise DataError(
             f"the corpus holds no text{reason}: every document is empty; "
             "check --corpus and --format/--text-field"
@@ -335,18 +337,25 @@ def summary_warnings(manifest: Manifest) -> list[str]:
             "documents or lines?), which can only take a random B. Check --format and --documents, or use "
             "--objective mlm"
         )
-    binary = counts["skipped_binary_files"]
+    binary, empty = counts["skipped_binary_files"], counts.get("skipped_empty_files", [])
     if binary:
-        names = ", ".join(binary[:3]) + (f" and {len(binary) - 3} more" if len(binary) > 3 else "")
         warnings.append(
-            f"skipped {len(binary)} binary file(s), which have a NUL byte in their first 8 KiB: {names}"
+            f"skipped {len(binary)} binary file(s), which have a NUL byte in their first 8 KiB: "
+            f"{_names(binary)}"
         )
+    if empty:
+        warnings.append(f"skipped {len(empty)} empty file(s), with no text: {_names(empty)}")
     if counts["replaced"]:
         warnings.append(
             f"{counts['replaced']:,} bytes that are not UTF-8 were replaced with U+FFFD; if the corpus is in "
             "another encoding, convert it first (iconv -f ENCODING -t UTF-8)"
         )
     return warnings
+
+
+def _names(paths: list[str]) -> str:
+    """The first three paths, and how many more."""
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 class _Tasks:

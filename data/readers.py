@@ -260,16 +260,22 @@ class UnitText:
     """Invalid UTF-8 bytes replaced with U+FFFD, per document."""
     binary_files: list[str]
     """Files skipped as binary (named by the part that starts them)."""
+    empty_files: list[str]
+    """Files skipped as empty: no bytes, or whitespace only (text up to 64 KiB; JSONL: no row)."""
 
 
 def read_unit(unit: WorkUnit, input_format: str, documents: str = "file") -> UnitText:
     """Read the documents of `unit`."""
-    out = UnitText([], [], [], [], [])
+    out = UnitText([], [], [], [], [], [])
     for part in unit.parts:
         if input_format in ("text", "bert"):
             _read_text_part(part, documents == "file" and input_format == "text", out)
         else:
-            for text in _read_rows(part, input_format, unit.text_field):
+            texts = _read_rows(part, input_format, unit.text_field)
+            no_row = not texts and input_format == "jsonl" and part.start == 0
+            if no_row and part.end >= _file_size(part.path):  # in the whole file
+                out.empty_files.append(part.path)
+            for text in texts:
                 _add(out, text, text_key(text), False, 0)
     return out
 
@@ -288,6 +294,10 @@ def _read_text_part(part: Part, whole_file_documents: bool, out: UnitText) -> No
         if b"\0" in head[:_BINARY_SNIFF_BYTES]:
             if part.start == 0:
                 out.binary_files.append(part.path)
+            return
+        if not head.strip(_WHITESPACE) and len(head) == stream.size():
+            if part.start == 0:
+                out.empty_files.append(part.path)
             return
         if whole_file_documents:
             size = stream.size()

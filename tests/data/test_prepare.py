@@ -255,15 +255,27 @@ def test_a_huge_one_line_document_is_read_whole_in_parts(ray_session, tokenizer_
     _check_pairs(rows, [_id_string(expected)], 64)  # random Bs come from far parts of the same document
 
 
-def test_a_binary_file_is_skipped_and_named(ray_session, corpus_file, tokenizer_dir, tmp_path, capsys):
-    (tmp_path / "corpus").mkdir()
-    shutil.copy(corpus_file, tmp_path / "corpus" / "text.txt")
-    (tmp_path / "corpus" / "image.bin").write_bytes(bytes(range(256)) * 64)
+def test_binary_and_empty_files_are_skipped_and_named(
+    ray_session, corpus_file, tokenizer_dir, tmp_path, capsys
+):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(corpus_file, corpus / "text.txt")
+    (corpus / "image.bin").write_bytes(bytes(range(256)) * 64)
+    for name in ("e1.txt", "e2.txt", "e3.txt", "e4.txt"):
+        (corpus / name).write_text("\n \n" if name == "e4.txt" else "")
     config = dataclasses.replace(TEST_PREPARE, eval_fraction=0.0)
-    manifest = prepare([str(tmp_path / "corpus")], tokenizer_dir, str(tmp_path / "out"), config)
-    assert manifest.counts["skipped_binary_files"] == [str(tmp_path / "corpus" / "image.bin")]
+    manifest = prepare([str(corpus)], tokenizer_dir, str(tmp_path / "out"), config)
+    assert manifest.counts["skipped_binary_files"] == [str(corpus / "image.bin")]
+    assert manifest.counts["skipped_empty_files"] == [str(corpus / f"e{n}.txt") for n in (1, 2, 3, 4)]
     assert manifest.counts["documents"] == 400 and manifest.counts["replaced"] == 0
-    assert "skipped 1 binary file(s), which have a NUL byte in their first 8 KiB" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert (
+        f"skipped 1 binary file(s), which have a NUL byte in their first 8 KiB: {corpus / 'image.bin'}\n"
+        in printed
+    )
+    names = ", ".join(str(corpus / f"e{n}.txt") for n in (1, 2, 3))
+    assert f"skipped 4 empty file(s), with no text: {names} and 1 more\n" in printed
     with pytest.raises(DataError, match="no text .1 binary files were skipped"):
         prepare([str(tmp_path / "corpus" / "image.bin")], tokenizer_dir, str(tmp_path / "out2"), config)
 
@@ -342,7 +354,7 @@ def _own_ray_env() -> dict[str, str]:
 
 def test_empty_corpus_is_a_clear_error(ray_session, tokenizer_dir, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n   \n\n")
-    with pytest.raises(DataError, match="no text"):
+    with pytest.raises(DataError, match=r"no text \(1 empty files were skipped\)"):
         prepare([str(tmp_path / "empty.txt")], tokenizer_dir, str(tmp_path / "out"), PrepareConfig())
     assert not os.path.exists(tmp_path / "out")
 
