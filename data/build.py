@@ -113,6 +113,7 @@ def tokenize_unit(unit: WorkUnit, settings: BuildSettings, tokenizer):
         "dropped": int((~kept & ~continued).sum()),
         "replaced": int(sum(text.replaced)),
         "binary_files": text.binary_files,
+        "empty_files": text.empty_files,
     }
     return documents, np.array(text.keys, np.uint64)[kept], ~continued[kept], statistics
 

@@ -27,7 +27,7 @@ class Manifest:
     """{"pad", "unk", "cls", "sep", "mask"} -> id."""
     counts: dict
     """documents, documents_per_split, sentences, tokens, truncated, dropped, replaced, skipped_binary_files,
-    input_bytes, examples {split: n}, random_next_sentence {split: n}."""
+    skipped_empty_files, input_bytes, examples {split: n}, random_next_sentence {split: n}."""
     shards: dict[str, list[str]]
     """{split: [shard paths relative to the prepared directory]}."""
     statistics: dict = field(default_factory=dict)

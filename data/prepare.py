@@ -129,7 +129,7 @@ def _build_and_write(
     build = ray.remote(num_returns=3)(build_units)
     outputs = [build.remote(group, settings, tokenizer_ref) for group in groups]
     statistics = tasks.wait(
-        [tasks.track(statistics_ref) for statistics_ref, _, _ in outputs],
+        [tasks.track(statistics_ref, train, held_out) for statistics_ref, train, held_out in outputs],
         "read, tokenize, build",
         [sum(unit.nbytes for unit in group) / 1e6 for group in groups],
         "MB",
@@ -153,7 +153,7 @@ def _build_and_write(
             held_out = [outputs[group][2] for group in group_indexes]
             eval_outputs.append(build_eval.remote(index, settings, selection, *held_out))
         eval_statistics = tasks.wait(
-            [tasks.track(statistics_ref) for statistics_ref, _ in eval_outputs],
+            [tasks.track(statistics_ref, table) for statistics_ref, table in eval_outputs],
             "build held-out",
             None,
             "units",
@@ -246,6 +246,7 @@ def _corpus_counts(units: list[dict]) -> dict:
         "dropped": sum(unit["dropped"] for unit in units),
         "replaced": sum(unit["replaced"] for unit in units),
         "skipped_binary_files": [path for unit in units for path in unit["binary_files"]],
+        "skipped_empty_files": [path for unit in units for path in unit["empty_files"]],
     }
 
 
@@ -258,8 +259,9 @@ def _sum_counts(parts: list[dict]) -> dict:
 
 def _check_splits(counts: dict, split_counts: dict, config: PrepareConfig) -> None:
     if counts["documents"] == 0:
-        binary = counts["skipped_binary_files"]
-        reason = f" ({len(binary)} binary files were skipped)" if binary else ""
+        binary, empty = counts["skipped_binary_files"], counts["skipped_empty_files"]
+        skipped = [f"{len(binary)} binary"] * bool(binary) + [f"{len(empty)} empty"] * bool(empty)
+        reason = f" ({' and '.join(skipped)} files were skipped)" if skipped else ""
         raise DataError(
             f"the corpus holds no text{reason}: every document is empty; "
             "check --corpus and --format/--text-field"
@@ -335,12 +337,14 @@ def summary_warnings(manifest: Manifest) -> list[str]:
             "documents or lines?), which can only take a random B. Check --format and --documents, or use "
             "--objective mlm"
         )
-    binary = counts["skipped_binary_files"]
+    binary, empty = counts["skipped_binary_files"], counts.get("skipped_empty_files", [])
     if binary:
-        names = ", ".join(binary[:3]) + (f" and {len(binary) - 3} more" if len(binary) > 3 else "")
         warnings.append(
-            f"skipped {len(binary)} binary file(s), which have a NUL byte in their first 8 KiB: {names}"
+            f"skipped {len(binary)} binary file(s), which have a NUL byte in their first 8 KiB: "
+            f"{_names(binary)}"
         )
+    if empty:
+        warnings.append(f"skipped {len(empty)} empty file(s), with no text: {_names(empty)}")
     if counts["replaced"]:
         warnings.append(
             f"{counts['replaced']:,} bytes that are not UTF-8 were replaced with U+FFFD; if the corpus is in "
@@ -349,14 +353,22 @@ def summary_warnings(manifest: Manifest) -> list[str]:
     return warnings
 
 
+def _names(paths: list[str]) -> str:
+    """The first three paths, and how many more."""
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
 class _Tasks:
     """The Ray tasks of one prepare: waited on with a progress line, cancelled on an error or Ctrl-C."""
 
     def __init__(self) -> None:
         self.refs: list = []
+        self.other_returns: dict = {}
 
-    def track(self, ref):
+    def track(self, ref, *other_returns):
+        """`ref` to wait on; `other_returns`, the other results of its task, are read only if it fails."""
         self.refs.append(ref)
+        self.other_returns[ref] = other_returns
         return ref
 
     def wait(self, refs: list, label: str, amounts: list[float] | None, what: str) -> list:
@@ -382,7 +394,8 @@ class _Tasks:
         return results
 
     def cancel(self) -> None:
-        """Stop the tasks still running (they could write into the staging directory) and wait for them."""
+        """Stop the tasks still running (they could write into the staging directory) and wait for them. The
+        error of a failed task is read from each of its results, else Ray prints it again for every one."""
         import ray
 
         for ref in self.refs:
@@ -390,6 +403,13 @@ class _Tasks:
                 ray.cancel(ref, force=True)
         with contextlib.suppress(Exception):
             ray.wait(self.refs, num_returns=len(self.refs), timeout=_CANCEL_WAIT_S)
+        for ref in self.refs:
+            try:
+                ray.get(ref, timeout=0)  # small: statistics or a row count
+            except Exception:
+                for other in self.other_returns[ref]:
+                    with contextlib.suppress(Exception):
+                        ray.get(other, timeout=0)
 
 
 def _progress(done: float, total: float, what: str, started: float) -> str:

@@ -260,16 +260,22 @@ class UnitText:
     """Invalid UTF-8 bytes replaced with U+FFFD, per document."""
     binary_files: list[str]
     """Files skipped as binary (named by the part that starts them)."""
+    empty_files: list[str]
+    """Files skipped as empty: no bytes, or whitespace only (text up to 64 KiB; JSONL: no row)."""
 
 
 def read_unit(unit: WorkUnit, input_format: str, documents: str = "file") -> UnitText:
     """Read the documents of `unit`."""
-    out = UnitText([], [], [], [], [])
+    out = UnitText([], [], [], [], [], [])
     for part in unit.parts:
         if input_format in ("text", "bert"):
             _read_text_part(part, documents == "file" and input_format == "text", out)
         else:
-            for text in _read_rows(part, input_format, unit.text_field):
+            texts = _read_rows(part, input_format, unit.text_field)
+            no_row = not texts and input_format == "jsonl" and part.start == 0
+            if no_row and part.end >= _file_size(part.path):  # in the whole file
+                out.empty_files.append(part.path)
+            for text in texts:
                 _add(out, text, text_key(text), False, 0)
     return out
 
@@ -288,6 +294,10 @@ def _read_text_part(part: Part, whole_file_documents: bool, out: UnitText) -> No
         if b"\0" in head[:_BINARY_SNIFF_BYTES]:
             if part.start == 0:
                 out.binary_files.append(part.path)
+            return
+        if not head.strip(_WHITESPACE) and len(head) == stream.size():
+            if part.start == 0:
+                out.empty_files.append(part.path)
             return
         if whole_file_documents:
             size = stream.size()
@@ -364,13 +374,42 @@ def _read_jsonl_part(part: Part, text_field: str) -> list[str]:
                 "pass --format text to read the file as plain text"
             ) from None
         if not isinstance(row, dict) or text_field not in row:
-            names = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-            raise DataError(
-                f"{part.path} has no field {text_field!r} (it has {names}); pass --text-field NAME"
-            )
+            raise _missing_field_error(part.path, text_field)
         text = row[text_field]
         texts.append("" if text is None else str(text))
     return texts
+
+
+def _missing_field_error(path: str, text_field: str) -> DataError:
+    """The error for a JSONL file with rows that lack `text_field`: how many do, and the line of the first
+    (the whole file is read again, on this error path only)."""
+    filesystem, inner = storage.resolve(path)
+    rows, missing, first, number, pending = 0, 0, None, 0, b""
+    with filesystem.open_input_stream(inner) as stream:
+        while True:
+            chunk = stream.read(_READ_BYTES)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop() if chunk else b""
+            for line in lines:
+                number += 1
+                try:
+                    row = json.loads(line)
+                except ValueError:  # blank or not JSON
+                    continue
+                rows += 1
+                if not isinstance(row, dict) or text_field not in row:
+                    missing += 1
+                    if first is None:
+                        first = (number, ", ".join(row) if isinstance(row, dict) else type(row).__name__)
+            if not chunk:
+                break
+    line, names = first or (0, "")
+    if missing == rows:
+        return DataError(f"{path} has no field {text_field!r} (it has {names}); pass --text-field NAME")
+    return DataError(
+        f"{path}: {missing:,} of its {rows:,} rows have no field {text_field!r}, the first on line {line} "
+        f"(it has {names}); fix or remove those rows (or pass --text-field NAME)"
+    )
 
 
 _HF_DATASETS: dict[str, object] = {}

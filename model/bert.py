@@ -366,8 +366,9 @@ class BertForPreTraining(nn.Module):
             padded_logits = F.linear(hidden, self.bert.embeddings.word.weight, self.mlm_bias)  # (N, V_padded)
             mlm_logits = padded_logits[:, : self.config.vocab_size]  # (N, V)
             mlm_count = is_labelled.sum()
-            normalizer = mlm_count.clamp(min=1) if mlm_normalizer is None else mlm_normalizer
-            mlm_loss = F.cross_entropy(mlm_logits, labels, reduction="sum") / normalizer
+            # At least 1: a (global) batch without labelled tokens has loss 0 instead of 0/0.
+            normalizer = mlm_count if mlm_normalizer is None else torch.as_tensor(mlm_normalizer)
+            mlm_loss = F.cross_entropy(mlm_logits, labels, reduction="sum") / normalizer.clamp(min=1)
             mlm_correct = (mlm_logits.argmax(dim=-1) == labels).sum()
 
         nsp_logits, nsp_loss, nsp_correct, nsp_count = None, zero_loss, zero_count, zero_count

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +42,7 @@ from .conftest import (
 )
 
 MARKER = re.compile(r"doc(\d+) sent(\d+)")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _split_table(prepared_dir, split="train") -> pa.Table:
@@ -252,15 +255,27 @@ def test_a_huge_one_line_document_is_read_whole_in_parts(ray_session, tokenizer_
     _check_pairs(rows, [_id_string(expected)], 64)  # random Bs come from far parts of the same document
 
 
-def test_a_binary_file_is_skipped_and_named(ray_session, corpus_file, tokenizer_dir, tmp_path, capsys):
-    (tmp_path / "corpus").mkdir()
-    shutil.copy(corpus_file, tmp_path / "corpus" / "text.txt")
-    (tmp_path / "corpus" / "image.bin").write_bytes(bytes(range(256)) * 64)
+def test_binary_and_empty_files_are_skipped_and_named(
+    ray_session, corpus_file, tokenizer_dir, tmp_path, capsys
+):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(corpus_file, corpus / "text.txt")
+    (corpus / "image.bin").write_bytes(bytes(range(256)) * 64)
+    for name in ("e1.txt", "e2.txt", "e3.txt", "e4.txt"):
+        (corpus / name).write_text("\n \n" if name == "e4.txt" else "")
     config = dataclasses.replace(TEST_PREPARE, eval_fraction=0.0)
-    manifest = prepare([str(tmp_path / "corpus")], tokenizer_dir, str(tmp_path / "out"), config)
-    assert manifest.counts["skipped_binary_files"] == [str(tmp_path / "corpus" / "image.bin")]
+    manifest = prepare([str(corpus)], tokenizer_dir, str(tmp_path / "out"), config)
+    assert manifest.counts["skipped_binary_files"] == [str(corpus / "image.bin")]
+    assert manifest.counts["skipped_empty_files"] == [str(corpus / f"e{n}.txt") for n in (1, 2, 3, 4)]
     assert manifest.counts["documents"] == 400 and manifest.counts["replaced"] == 0
-    assert "skipped 1 binary file(s), which have a NUL byte in their first 8 KiB" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert (
+        f"skipped 1 binary file(s), which have a NUL byte in their first 8 KiB: {corpus / 'image.bin'}\n"
+        in printed
+    )
+    names = ", ".join(str(corpus / f"e{n}.txt") for n in (1, 2, 3))
+    assert f"skipped 4 empty file(s), with no text: {names} and 1 more\n" in printed
     with pytest.raises(DataError, match="no text .1 binary files were skipped"):
         prepare([str(tmp_path / "corpus" / "image.bin")], tokenizer_dir, str(tmp_path / "out2"), config)
 
@@ -286,9 +301,60 @@ def test_interrupting_leaves_the_previous_data_and_nothing_half_written(
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+def _rows_missing_text(path) -> str:
+    """700 JSONL rows, every 7th without `text`."""
+    rows = [{"body": "No text."} if n % 7 == 0 else {"text": f"Row {n}. It has text."} for n in range(1, 701)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_jsonl_rows_without_the_text_field_are_counted_and_the_first_named(
+    ray_session, tokenizer_dir, tmp_path
+):
+    """The error names the file, the line of the first row without `text` and how many rows of the file
+    lack it: of the whole file, though each task reads a part of it."""
+    path = _rows_missing_text(tmp_path / "rows2.jsonl")
+    with small_units(4 << 10), pytest.raises(DataError) as refused:  # about 5 parts, one task each
+        prepare([path], tokenizer_dir, str(tmp_path / "out"), PrepareConfig(max_seq_length=64))
+    assert str(refused.value) == (
+        f"{path}: 100 of its 700 rows have no field 'text', the first on line 7 (it has body); fix or remove "
+        "those rows (or pass --text-field NAME)"
+    )
+
+
+def test_an_error_in_the_tasks_is_printed_once(tokenizer_dir, tmp_path):
+    """Raised in the build tasks, the error leaves prepare once: Ray does not print it again, with its
+    traceback, for each result of those tasks that nobody read. (Its own process: Ray prints those when the
+    results are freed, at the latest when the process ends.)"""
+    path = _rows_missing_text(tmp_path / "rows2.jsonl")
+    script = (
+        "import sys\n"
+        "from data import DataError, PrepareConfig, prepare, readers\n"
+        "readers.MIN_UNIT_BYTES = 4 << 10\n"
+        "try:\n"
+        f"    prepare([{path!r}], {tokenizer_dir!r}, {str(tmp_path / 'out')!r}, PrepareConfig())\n"
+        "except DataError as error:\n"
+        "    print('error:', error, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_own_ray_env(),
+        cwd=ROOT,
+    )
+    assert done.returncode == 0 and done.stderr.count("have no field 'text'") == 1, done.stderr[-3000:]
+
+
+def _own_ray_env() -> dict[str, str]:
+    """This environment, without the address of a running Ray: the process starts its own."""
+    return {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+
+
 def test_empty_corpus_is_a_clear_error(ray_session, tokenizer_dir, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n   \n\n")
-    with pytest.raises(DataError, match="no text"):
+    with pytest.raises(DataError, match=r"no text \(1 empty files were skipped\)"):
         prepare([str(tmp_path / "empty.txt")], tokenizer_dir, str(tmp_path / "out"), PrepareConfig())
     assert not os.path.exists(tmp_path / "out")
 

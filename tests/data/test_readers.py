@@ -147,6 +147,25 @@ def test_a_binary_file_is_skipped_and_named_by_the_reader(tmp_path):
     assert text.texts == ["Some text.\n"] and text.binary_files == [str(tmp_path / "b.gz")]
 
 
+@pytest.mark.parametrize("documents", ["file", "blank-line"])
+def test_empty_files_are_skipped_and_named_by_the_reader(tmp_path, documents):
+    (tmp_path / "a.txt").write_text("Some text.\n")
+    (tmp_path / "b.txt").write_bytes(b"")
+    (tmp_path / "c.txt").write_text(" \n\n\t\n")
+    (unit,) = plan_units(resolve_corpus([str(tmp_path)]))
+    text = read_unit(unit, "text", documents)
+    assert text.texts == ["Some text.\n"]
+    assert text.empty_files == [str(tmp_path / "b.txt"), str(tmp_path / "c.txt")] and not text.binary_files
+
+
+def test_an_empty_jsonl_file_is_skipped_and_named_by_the_reader(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "Some text."}) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n \n")
+    (unit,) = plan_units(resolve_corpus([str(tmp_path)]))
+    text = read_unit(unit, "jsonl")
+    assert text.texts == ["Some text."] and text.empty_files == [str(tmp_path / "b.jsonl")]
+
+
 def test_wrapped_paragraphs_keep_their_sentences_whole():
     text = "The first sentence is wrapped\nover two lines. A second one.\n\n  \nA new paragraph\nhere."
     assert document_sentences(text, one_sentence_per_line=False) == [

@@ -142,6 +142,24 @@ def test_with_nsp_off_every_trainable_parameter_gets_a_gradient():
     assert all(model.get_parameter(name).grad is not None for name in trainable)
 
 
+def test_a_global_batch_without_labelled_tokens_gives_zero_mlm_loss_and_zero_gradients():
+    """Masking chose no token in the whole global batch: its normaliser (the labelled-token count, summed
+    over every micro-batch and rank) is 0. The MLM loss is 0 and every gradient 0, not NaN (0/0), which the
+    optimizer step would write into every weight."""
+    config = tiny_config(use_nsp=False)  # the MLM head path alone
+    model = BertForPreTraining(config).train()
+    batch = random_batch(config)
+    batch["mlm_labels"] = torch.full_like(batch["mlm_labels"], IGNORE_INDEX)
+    out = model(**batch, mlm_normalizer=torch.tensor(0.0), nsp_normalizer=torch.tensor(4.0))  # as train_step
+    assert out.mlm_count == 0 and out.mlm_logits.shape == (0, config.vocab_size)
+    assert out.mlm_loss.item() == 0.0 and out.loss.item() == 0.0
+    out.loss.backward()
+    gradients = _gradients(model)
+    assert any(name.startswith("mlm_") for name in gradients) and "bert.embeddings.word.weight" in gradients
+    for name, gradient in gradients.items():
+        assert torch.isfinite(gradient).all() and (gradient == 0).all(), name
+
+
 def test_presets_have_the_bert_sizes():
     sizes = {
         name: (p["num_hidden_layers"], p["hidden_size"], p["num_attention_heads"])

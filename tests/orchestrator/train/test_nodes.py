@@ -42,7 +42,8 @@ def test_an_elastic_run_loses_a_node_goes_on_with_the_same_batches_and_grows_bac
     # intact checkpoint; the added node makes it regroup 3 workers from the 2 workers' last one (a resize).
     reports = read_reports(tmp_path / "reports.jsonl")
     (failure,) = read_failures(tmp_path / "reports.jsonl")  # the node loss; the resize is no failure
-    assert failure, failure
+    # The lost node's worker vanished (a failed health check), rather than our code raising an error.
+    assert any(m.startswith("WorkerHealthCheck") and "Traceback" not in m for m in failure.values()), failure
     groups = [list(group) for _, group in itertools.groupby(reports, key=lambda r: len(r["metrics"]))]
     assert [len(group[0]["metrics"]) for group in groups] == [3, 2, 3]
     attempts = groups

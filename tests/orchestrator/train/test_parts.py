@@ -203,7 +203,8 @@ def test_init_from_copies_weights_of_a_checkpoint_or_hf_folder_and_refuses_other
 
 
 def test_the_final_export_loads_in_transformers_with_the_tokenizer(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     model = tiny_model().eval()
     save_untrained_checkpoint(tmp_path / "ckpt", model)
     tokenizer_dir = tmp_path / "tok"
@@ -212,6 +213,7 @@ def test_the_final_export_loads_in_transformers_with_the_tokenizer(tmp_path):
     final = export_final(tmp_path / "ckpt", tokenizer_dir, tmp_path / "final")
     assert (final / "vocab.txt").is_file() and (final / "config.json").is_file()
     hf = transformers.BertForPreTraining.from_pretrained(final).eval()
+    assert transformers.AutoTokenizer.from_pretrained(final)("a")["input_ids"] == [2, 5, 3]  # [CLS] a [SEP]
     batch = random_batch()
     with torch.no_grad():
         ours = model.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])[0]

@@ -114,7 +114,19 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_evaluates(fault_ru
     evaluations = [r["metrics"][0] for r in reports if "eval/mlm_loss" in r["metrics"][0]]
     assert [m["step"] for m in evaluations] == list(range(10, STEPS + 1, 10))
     assert evaluations[-1]["eval/mlm_loss"] < evaluations[0]["eval/mlm_loss"]
-    assert 0 <= evaluations[-1]["eval/mlm_accuracy"] <= 1 and evaluations[-1]["eval/perplexity"] > 1
+    # The last evaluation is what `eval` computes of the exported model, on the same masks.
+    from data import MaskingConfig
+    from orchestrator.inference.evaluate import evaluate
+    from orchestrator.inference.loading import load_model
+
+    config = read_run_json(result.run_dir)["config"]
+    masking, seed = MaskingConfig(**config["masking"]), config["train"]["seed"]
+    model = load_model(result.final_dir)
+    held_out = evaluate(model, config["data"]["prepared_dir"], seed=seed, masking=masking)
+    assert evaluations[-1]["eval/mlm_accuracy"] == pytest.approx(held_out.mlm_accuracy, abs=1e-9)
+    assert evaluations[-1]["eval/mlm_loss"] == pytest.approx(held_out.mlm_loss, rel=1e-5)
+    assert evaluations[-1]["eval/perplexity"] == pytest.approx(held_out.perplexity, rel=1e-5)
+    assert evaluations[-1]["eval/nsp_accuracy"] == pytest.approx(held_out.nsp_accuracy, abs=1e-9)
     same_weights = [
         r["metrics"][0]["optim/param_norm"] == r["metrics"][1]["optim/param_norm"] for r in reports
     ]
