@@ -23,8 +23,20 @@ def say(line: str = "", end: str = "\n") -> None:
 def warn(message: str) -> None:
     """A warning a person should read: `warning: message` on standard error."""
     if not _logger.handlers:
-        handler = logging.StreamHandler()  # standard error, looked up at each line (pytest swaps it)
+        handler = _StandardError()
         handler.setFormatter(logging.Formatter("warning: %(message)s"))
         _logger.addHandler(handler)
         _logger.setLevel(logging.INFO)
     _logger.warning(message)
+
+
+class _StandardError(logging.StreamHandler):
+    """The standard error of the moment (a plain StreamHandler keeps the one it was made with)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass

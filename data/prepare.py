@@ -32,6 +32,7 @@ import uuid
 import numpy as np
 
 from common import storage
+from common.console import say, warn
 from data.build import BuildSettings, build_eval_unit, build_units
 from data.config import PrepareConfig
 from data.errors import DataError
@@ -100,9 +101,9 @@ def prepare(
         raise
     finally:
         storage.remove_dir(staging)
-    print(format_summary(manifest, out_dir), flush=True)
+    say(format_summary(manifest, out_dir))
     for warning in summary_warnings(manifest):
-        print(f"warning: {warning}", flush=True)
+        warn(warning)
     return manifest
 
 
@@ -383,14 +384,14 @@ class _Tasks:
             ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
             done += sum(amount_of[ref] for ref in ready)
             if sys.stdout.isatty():
-                print(f"\r  {label}: {_progress(done, total, what, started)}", end="", flush=True)
+                say(f"\r  {label}: {_progress(done, total, what, started)}", end="")
         try:
             results = ray.get(refs)
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, DataError):
                 raise error.cause from None
             raise
-        print(f"\r  {label}: {_progress(done, total, what, started)}", flush=True)
+        say(f"\r  {label}: {_progress(done, total, what, started)}")
         return results
 
     def cancel(self) -> None:

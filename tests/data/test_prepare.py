@@ -269,13 +269,11 @@ def test_binary_and_empty_files_are_skipped_and_named(
     assert manifest.counts["skipped_binary_files"] == [str(corpus / "image.bin")]
     assert manifest.counts["skipped_empty_files"] == [str(corpus / f"e{n}.txt") for n in (1, 2, 3, 4)]
     assert manifest.counts["documents"] == 400 and manifest.counts["replaced"] == 0
-    printed = capsys.readouterr().out
-    assert (
-        f"skipped 1 binary file(s), which have a NUL byte in their first 8 KiB: {corpus / 'image.bin'}\n"
-        in printed
-    )
+    printed = capsys.readouterr().err  # warnings, on standard error
+    binary = f"skipped 1 binary file(s), which have a NUL byte in their first 8 KiB: {corpus / 'image.bin'}"
+    assert f"warning: {binary}\n" in printed
     names = ", ".join(str(corpus / f"e{n}.txt") for n in (1, 2, 3))
-    assert f"skipped 4 empty file(s), with no text: {names} and 1 more\n" in printed
+    assert f"warning: skipped 4 empty file(s), with no text: {names} and 1 more\n" in printed
     with pytest.raises(DataError, match="no text .1 binary files were skipped"):
         prepare([str(tmp_path / "corpus" / "image.bin")], tokenizer_dir, str(tmp_path / "out2"), config)
 

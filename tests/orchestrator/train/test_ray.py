@@ -119,7 +119,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_evaluates(fault_ru
     from orchestrator.inference.evaluate import evaluate
     from orchestrator.inference.loading import load_model
 
-    config = read_run_json(result.run_dir)["config"]
+    config = RunDir.at(result.run_dir).read_run_json()["config"]
     masking, seed = MaskingConfig(**config["masking"]), config["train"]["seed"]
     model = load_model(result.final_dir)
     held_out = evaluate(model, config["data"]["prepared_dir"], seed=seed, masking=masking)
