@@ -355,21 +355,9 @@ class BertForPreTraining(nn.Module):
 
         mlm_logits, mlm_loss, mlm_correct, mlm_count = None, zero_loss, zero_count, zero_count
         if mlm_labels is not None:
-            # Row-major order either way: (B*S,) labels for (B*S, H) states, or (T,) for (T, H) unpadded.
-            flat_labels = (mlm_labels.reshape(-1) if layout is None else layout.unpad(mlm_labels)).long()
-            is_labelled = flat_labels != IGNORE_INDEX
-            positions = is_labelled.nonzero().squeeze(1)  # (N,)
-            labels = flat_labels[positions]  # (N,)
-            flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
-            hidden = flat_states.index_select(0, positions)  # (N, H)
-            hidden = self.mlm_norm(F.gelu(self.mlm_transform(hidden)))
-            padded_logits = F.linear(hidden, self.bert.embeddings.word.weight, self.mlm_bias)  # (N, V_padded)
-            mlm_logits = padded_logits[:, : self.config.vocab_size]  # (N, V)
-            mlm_count = is_labelled.sum()
-            # At least 1: a (global) batch without labelled tokens has loss 0 instead of 0/0.
-            normalizer = mlm_count if mlm_normalizer is None else torch.as_tensor(mlm_normalizer)
-            mlm_loss = F.cross_entropy(mlm_logits, labels, reduction="sum") / normalizer.clamp(min=1)
-            mlm_correct = (mlm_logits.argmax(dim=-1) == labels).sum()
+            mlm_logits, mlm_loss, mlm_correct, mlm_count = masked_lm(
+                hidden_states, layout, mlm_labels, self.mlm_logits, mlm_normalizer
+            )
 
         nsp_logits, nsp_loss, nsp_correct, nsp_count = None, zero_loss, zero_count, zero_count
         if self.config.use_nsp:
@@ -393,6 +381,12 @@ class BertForPreTraining(nn.Module):
             nsp_count=nsp_count,
         )
 
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLM head: (N, H) states of predicted positions -> (N, V) logits (vocabulary padding cut)."""
+        hidden = self.mlm_norm(F.gelu(self.mlm_transform(hidden)))
+        padded_logits = F.linear(hidden, self.bert.embeddings.word.weight, self.mlm_bias)  # (N, V_padded)
+        return padded_logits[:, : self.config.vocab_size]
+
     @classmethod
     def from_hf(cls, path: str | Path, **config_overrides) -> BertForPreTraining:
         """Load an HF BERT checkpoint directory (BertModel, BertForMaskedLM or BertForPreTraining).
@@ -408,6 +402,30 @@ class BertForPreTraining(nn.Module):
         from model.hf import save_hf
 
         save_hf(self, path)
+
+
+def masked_lm(
+    hidden_states: torch.Tensor,
+    layout: TokenLayout | None,
+    mlm_labels: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    normalizer: float | torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MLM head run on the labelled positions only: (logits (N, V), loss, correct, count).
+
+    loss = sum of token cross-entropies / `normalizer` (default: the labelled count), the normalizer at least
+    1, so that a (global) batch without labelled tokens has loss 0 instead of 0/0."""
+    # Row-major order either way: (B*S,) labels for (B*S, H) states, or (T,) for (T, H) unpadded.
+    flat_labels = (mlm_labels.reshape(-1) if layout is None else layout.unpad(mlm_labels)).long()
+    is_labelled = flat_labels != IGNORE_INDEX
+    positions = is_labelled.nonzero().squeeze(1)  # (N,)
+    labels = flat_labels[positions]  # (N,)
+    flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
+    logits = head(flat_states.index_select(0, positions))  # (N, V)
+    count = is_labelled.sum()
+    normalizer = count if normalizer is None else torch.as_tensor(normalizer)
+    loss = F.cross_entropy(logits, labels, reduction="sum") / normalizer.clamp(min=1)
+    return logits, loss, (logits.argmax(dim=-1) == labels).sum(), count
 
 
 def attention_path(config: BertConfig, device: torch.device) -> str:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.bert import IGNORE_INDEX, PretrainingOutput, TokenLayout, nested_attention
+from model.bert import PretrainingOutput, TokenLayout, masked_lm, nested_attention
 
 try:  # torch >= 2.10; without it CUDA batches with padding take the "sdpa" path
     from torch.nn.attention.varlen import varlen_attn
@@ -524,20 +524,9 @@ class ModernBertForPreTraining(nn.Module):
 
         mlm_logits, mlm_loss, mlm_correct, mlm_count = None, zero_loss, zero_count, zero_count
         if mlm_labels is not None:
-            # Row-major order either way: (B*S,) labels for (B*S, H) states, or (T,) for (T, H) unpadded.
-            flat_labels = (mlm_labels.reshape(-1) if layout is None else layout.unpad(mlm_labels)).long()
-            is_labelled = flat_labels != IGNORE_INDEX
-            positions = is_labelled.nonzero().squeeze(1)  # (N,)
-            labels = flat_labels[positions]  # (N,)
-            flat_states = hidden_states.reshape(-1, hidden_states.shape[-1])
-            hidden = flat_states.index_select(0, positions)  # (N, H)
-            hidden = self.mlm_norm(self.mlm_activation(self.mlm_transform(hidden)))
-            padded_logits = F.linear(hidden, self.bert.embeddings.word.weight, self.mlm_bias)  # (N, V_padded)
-            mlm_logits = padded_logits[:, : self.config.vocab_size]  # (N, V)
-            mlm_count = is_labelled.sum()
-            normalizer = mlm_count.clamp(min=1) if mlm_normalizer is None else mlm_normalizer
-            mlm_loss = F.cross_entropy(mlm_logits, labels, reduction="sum") / normalizer
-            mlm_correct = (mlm_logits.argmax(dim=-1) == labels).sum()
+            mlm_logits, mlm_loss, mlm_correct, mlm_count = masked_lm(
+                hidden_states, layout, mlm_labels, self.mlm_logits, mlm_normalizer
+            )
 
         return PretrainingOutput(
             loss=mlm_loss,
@@ -550,6 +539,12 @@ class ModernBertForPreTraining(nn.Module):
             nsp_correct=zero_count,
             nsp_count=zero_count,
         )
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLM head: (N, H) states of predicted positions -> (N, V) logits (vocabulary padding cut)."""
+        hidden = self.mlm_norm(self.mlm_activation(self.mlm_transform(hidden)))
+        padded_logits = F.linear(hidden, self.bert.embeddings.word.weight, self.mlm_bias)  # (N, V_padded)
+        return padded_logits[:, : self.config.vocab_size]
 
     @classmethod
     def from_hf(cls, path: str | Path, **config_overrides: Any) -> ModernBertForPreTraining:
