@@ -18,11 +18,13 @@ def init_ray(**kwargs: Any) -> None:
     import ray
 
     from common.ray_internals import names_a_cluster, single_machine_mode
+    from common.signals import kept_through_ray_start
 
     if ray.is_initialized():
         return
-    if names_a_cluster(kwargs.get("address")):
-        ray.init(**kwargs)
-        return
-    with single_machine_mode():
-        ray.init(**{**kwargs, "address": "local"})
+    with kept_through_ray_start():
+        if names_a_cluster(kwargs.get("address")):
+            ray.init(**kwargs)
+        else:
+            with single_machine_mode():
+                ray.init(**{**kwargs, "address": "local"})

@@ -5,6 +5,7 @@
 - Ray Train's environment switches: its controller's poll interval and its preemption watcher.
 - Ray's logging: Ray Train's per-report INFO lines and Ray Data's stream notices kept off the console.
 - Ray's own switch for single-machine use, and its address lookup (the local Ray on 127.0.0.1).
+- Ray's driver SIGTERM handler (`sys.exit(15)`), which `ray.init` would put in place of ours.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import ray._private.utils
 from ray._private import ray_constants, services
 from ray.data._internal.logging import SessionFileHandler
 from ray.train.v2._internal.constants import (
@@ -32,6 +34,7 @@ __all__ = [
     "quiet_ray_console",
     "names_a_cluster",
     "single_machine_mode",
+    "sigterm_handler_kept",
 ]
 
 
@@ -60,3 +63,15 @@ def single_machine_mode() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+@contextlib.contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """While `ray.init` runs: it would set a SIGTERM handler of its own (`sys.exit(15)`), and a stop signal
+    then would not be Ctrl-C for the command that starts Ray."""
+    set_handler = ray._private.utils.set_sigterm_handler
+    ray._private.utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray._private.utils.set_sigterm_handler = set_handler

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import posixpath
 import tempfile
@@ -25,6 +26,11 @@ def is_uri(path: str | os.PathLike) -> bool:
 
 def join(base: str | os.PathLike, *parts: str) -> str:
     return posixpath.join(str(base), *parts) if is_uri(base) else os.path.join(base, *parts)
+
+
+def basename(path: str | os.PathLike) -> str:
+    """The last part of a local path or URI."""
+    return posixpath.basename(str(path).rstrip("/"))
 
 
 def absolute(path: str | None) -> str | None:
@@ -117,6 +123,28 @@ def copy_dir(source: str | os.PathLike, destination: str | os.PathLike) -> None:
     destination_fs, destination_inner = resolve(destination)
     destination_fs.create_dir(destination_inner, recursive=True)
     pafs.copy_files(source_inner, destination_inner, source_fs, destination_fs)
+
+
+@_clear_bucket_errors
+def move_dir(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Move a folder within one storage: a rename on a local filesystem, a copy and delete in a bucket."""
+    filesystem, source_inner = resolve(source)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        filesystem.move(source_inner, resolve(destination)[1])
+        return
+    copy_dir(source, destination)  # a bucket renames no folders
+    remove_dir(source)
+
+
+@_clear_bucket_errors
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (local or in a bucket), read in chunks."""
+    digest = hashlib.sha256()
+    filesystem, inner = resolve(path)
+    with filesystem.open_input_stream(inner) as stream:
+        while chunk := stream.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @_clear_bucket_errors

@@ -22,6 +22,7 @@ import yaml
 
 from common import storage
 from common.errors import InvalidSetting, UserError
+from common.redact import REDACTED, is_secret_key
 from data.config import MaskingConfig, PrepareConfig, StreamConfig, TokenizerConfig
 from data.readers import BUILTIN_CORPUS_WORD
 from model import PRESETS
@@ -283,7 +284,7 @@ def load_config(path_or_name: str, overrides: list[str] | tuple[str, ...] = ()) 
     try:
         return config_from_dict(raw)
     except UserError as error:
-        where = " ".join([str(path), *(f"--set {override}" for override in overrides)])
+        where = " ".join([str(path), *(f"--set {shown_override(override)}" for override in overrides)])
         raise UserError(f"{where}: {error}") from None
 
 
@@ -302,25 +303,32 @@ def resolve_recipe_path(path_or_name: str) -> Path:
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Set `a.b.c=value` in the raw recipe mapping; the value is parsed as YAML (1e-4, true, null). A key or
     value that does not fit the config is an error blamed on this override, not on the recipe."""
+    shown = shown_override(override)
     key, sep, text = override.partition("=")
     if not sep or not key:
-        raise UserError(f"--set {override}: must look like section.key=value")
+        raise UserError(f"--set {shown}: must look like section.key=value")
     *parents, leaf = key.strip().split(".")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
         _check_key_and_value([*parents, leaf], value)
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", error)
-        raise UserError(f"--set {override}: the value is not valid YAML ({problem}); quote it") from None
+        raise UserError(f"--set {shown}: the value is not valid YAML ({problem}); quote it") from None
     except UserError as error:
-        raise UserError(f"--set {override}: {error}") from None
+        raise UserError(f"--set {shown}: {error}") from None
     node = raw
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserError(f"--set {override}: the recipe's {part!r} is a value, not a section")
+            raise UserError(f"--set {shown}: the recipe's {part!r} is a value, not a section")
         node = child
     node[leaf] = value
+
+
+def shown_override(override: str) -> str:
+    """An override as a message may show it: the value of a secret-named key hidden."""
+    key, sep, _ = override.partition("=")
+    return f"{key}={REDACTED}" if sep and is_secret_key(key.rsplit(".", 1)[-1]) else override
 
 
 def _check_key_and_value(parts: list[str], value: Any) -> None:

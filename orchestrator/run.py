@@ -3,13 +3,14 @@
 The driver (`orchestrator.train.driver`) builds a `Run` from the config, the prepared data and the cluster,
 and hands it whole to every worker (`orchestrator.train.worker`) and to the tracker (`orchestrator.tracking`):
 they read what they need from it and derive nothing from the raw config again. The plan is the contract
-between the driver and the workers: the model's sizes, the steps, and how the global batch splits over the
-workers.
+between the driver and the workers: the model's sizes, the steps, how the global batch splits over the
+workers, and the data order's identity.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import UserError
 from data import EpochOrder, PreparedSplit, batch_slices
@@ -81,6 +82,8 @@ class RunPlan:
     """A preset's sizes or those of checkpoint.init_from, the data's vocabulary."""
     pad_token_id: int
     max_seq_length: int
+    data_order: dict[str, Any]
+    """What the order of the examples is made from (`data_order_identity`); a resume must keep all of it."""
 
 
 @dataclass(frozen=True)
@@ -107,3 +110,16 @@ def epoch_order(config: JobConfig, train_split: PreparedSplit) -> EpochOrder:
         config.stream.shuffle_window,
         config.train.seed,
     )
+
+
+def data_order_identity(config: JobConfig, prepared_data: str) -> dict[str, Any]:
+    """Everything the order of the training examples is made from, besides the worker count: the seed, the
+    global batch, the partitions and the window, and the prepared data itself (`prepared_data`, a hash of
+    its manifest, which holds its settings, tokenizer hash and counts)."""
+    return {
+        "seed": config.train.seed,
+        "global_batch_size": config.train.global_batch_size,
+        "partitions": config.stream.partitions,
+        "shuffle_window": config.stream.shuffle_window,
+        "prepared_data": prepared_data,
+    }

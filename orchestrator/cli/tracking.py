@@ -64,9 +64,12 @@ def run_sync(args: argparse.Namespace) -> int:
 
     run_dir = RunDir.at(args.run_dir)
     reports = find_resume_checkpoint(run_dir).train_state.get("reports", [])
-    sent, link = sync_run(run_dir, args.tracking_uri, reports)
-    if not link:
-        say(f"Nothing to send: {args.run_dir} keeps no unsent MLflow records.")
+    synced = sync_run(run_dir, args.tracking_uri, reports)
+    if not (synced.metrics or synced.others):
+        where = f" (its MLflow run: {synced.link})" if synced.link else ""
+        say(f"Nothing to send: the MLflow run has everything {args.run_dir} keeps{where}.")
         return 0
-    say(f"Sent {sent:,} metrics and the rest of what {args.run_dir} kept. MLflow run: {link}")
+    what = [f"{synced.metrics:,} metrics", *synced.others]
+    listed = ", ".join(what[:-1]) + f" and {what[-1]}" if len(what) > 1 else what[0]
+    say(f"Sent {listed} that {args.run_dir} kept. MLflow run: {synced.link}")
     return 0

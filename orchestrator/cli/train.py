@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import signal
 
 from common.console import say
+from common.signals import stop_on_sigterm
 
 CONFIG_HELP = "a YAML recipe, or the name of one in the repository's configs/ (debug, mini, base-phase1, ...)"
 SET_HELP = "override a setting with a dotted key, e.g. --set optim.lr=2e-4 (repeatable; values are YAML)"
@@ -83,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C (during the fit, Ray Train's graceful
     # abort, which flushes the metrics), so the MLflow run is marked KILLED and the checkpoints stay.
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    stop_on_sigterm()
     flags = flag_overrides(args.num_workers, args.use_gpu, args.init_from)
     result = train(load_config(args.config, [*args.overrides, *flags]))
     say(f"\nTrained {result.steps} steps. The model (HF format, with its tokenizer) is in {result.final_dir}")

@@ -29,6 +29,8 @@ class MlflowRun:
     """"" when the server did not answer when the run started (offline)."""
     experiment_id: str = ""
     resumed: bool = False
+    finished: bool = False
+    """The run had ended FINISHED before this start (a resume of a finished run never changes that)."""
     last_logged_steps: dict[str, int] = field(default_factory=dict)
     """Per metric, the last step already in MLflow (a resumed run reports some steps again)."""
 

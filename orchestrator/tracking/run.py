@@ -81,6 +81,7 @@ class RunTracker:
         tracking_uri = resolve_tracking_uri(config)
         try:
             client, run, resumed = find_or_create_run(config, run_dir, tracking_uri)
+            finished = resumed and run.info.status == "FINISHED"
             if resumed:
                 client.update_run(run.info.run_id, status="RUNNING")
             mark_model_training(client, run.info.experiment_id)
@@ -99,7 +100,7 @@ class RunTracker:
             tracker._go_offline(error)
             return tracker
         mlflow_run = MlflowRun(
-            tracking_uri, run.info.run_id, run.info.experiment_id, resumed, last_logged_steps
+            tracking_uri, run.info.run_id, run.info.experiment_id, resumed, finished, last_logged_steps
         )
         tracker = cls(config, run_dir, mlflow_run)
         if config.log_system_metrics:
@@ -188,6 +189,9 @@ class RunTracker:
         if self._system_metrics is not None:
             self._system_metrics.finish()
         tags = {"error": redact_text(error)} if error else {}
+        if self.mlflow_run.finished and status != "FINISHED":  # a failed resume of a finished run
+            tags = {"last_resume": status + (f": {redact_text(error)}" if error else "")}
+            status = "FINISHED"
         if self.run_id:
             try:
                 self._log_tags(tags)

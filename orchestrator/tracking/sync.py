@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from common import storage
 from common.errors import UserError
@@ -22,11 +23,21 @@ from orchestrator.tracking.run import RunTracker
 from orchestrator.tracking.unsent import forget_unsent, load_unsent, save_reports, send_unsent
 
 
-def sync_run(run_dir: RunDir, tracking_uri: str = "", reports: Sequence[dict] = ()) -> tuple[int, str]:
+@dataclass(frozen=True)
+class Synced:
+    metrics: int = 0
+    """Metrics sent (those the MLflow run already had are left out)."""
+    others: tuple[str, ...] = ()
+    """What else was sent: "tags", "the final model", "the end status"."""
+    link: str = ""
+    """Where to see the run ("" when nothing was kept unsent)."""
+
+
+def sync_run(run_dir: RunDir, tracking_uri: str = "", reports: Sequence[dict] = ()) -> Synced:
     """Send what `run_dir` keeps unsent (metrics, tags, the final model, the end status), and the metrics of
     `reports` (those of the run's newest checkpoint) that the MLflow run lacks, creating the run when no
-    start reached the server; return the number of metrics sent and the run's link ("" when there was
-    nothing to send). The tracking store is the one in run.json's config unless `tracking_uri` is given."""
+    start reached the server. The tracking store is the one in run.json's config unless `tracking_uri` is
+    given."""
     saved = run_dir.read_run_json()
     if "config" not in saved:
         raise UserError(f"{run_dir} is not a run directory (no run.json with a config): give STORAGE/RUN")
@@ -35,7 +46,7 @@ def sync_run(run_dir: RunDir, tracking_uri: str = "", reports: Sequence[dict] = 
     save_reports(run_dir, reports)
     unsent, files = load_unsent(run_dir)
     if not files:
-        return 0, ""
+        return Synced()
     resolved_uri = resolve_tracking_uri(config)
     if REDACTED in resolved_uri:
         raise UserError(
@@ -64,4 +75,9 @@ def sync_run(run_dir: RunDir, tracking_uri: str = "", reports: Sequence[dict] = 
     except Exception as error:
         raise store_error(error, resolved_uri) from None
     forget_unsent(files)
-    return sent, tracker.link
+    others = (
+        ("tags", unsent.tags),
+        ("the final model", unsent.final_model),
+        ("the end status", unsent.end_status),
+    )
+    return Synced(sent, tuple(name for name, kept in others if kept), tracker.link)

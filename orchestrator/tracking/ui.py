@@ -14,6 +14,7 @@ from pathlib import Path
 from common.console import say
 from common.errors import UserError
 from common.redact import redact
+from common.signals import stop_on_sigterm
 from orchestrator.config import MlflowConfig
 from orchestrator.tracking.client import EMBEDDED_ARTIFACTS_DIR, resolve_tracking_uri
 from orchestrator.tracking.names import MODEL_TRAINING_VIEW
@@ -66,7 +67,7 @@ def serve_ui(backend_store_uri: str, host: str, port: int) -> int:
     say(f"MLflow UI: {ui_address(host, port)}  (store: {redact(store_uri)}; Ctrl-C to stop)")
     # Its own process group, so that stopping the UI (Ctrl-C or SIGTERM) stops every process of the server.
     server = subprocess.Popen(command, env=env, start_new_session=True)
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    stop_on_sigterm()
     try:
         return server.wait()
     except KeyboardInterrupt:

@@ -5,10 +5,11 @@ A checkpoint folder (`RunDir.checkpoint(step)`, reported to Ray Train, under the
   model.safetensors   the model's own state dict (padded vocabulary, tied weights stored once)
   model_config.json   the BertConfig, to rebuild the model without the job config
   optimizer.pt, scheduler.pt, rng.pt   state dicts and every rank's RNG states (read with weights_only=True)
-  train_state.json    step, consumed samples, data epoch and position, world size, the resolved job config
-                      (secrets redacted), rank 0's reports since the previous checkpoint, and the size of
-                      every other file: written last, so a checkpoint is complete and intact when its
-                      files are there at those sizes
+  train_state.json    step, consumed samples, data epoch and position, world size, the data order's
+                      identity, the resolved job config (secrets redacted), rank 0's reports since the
+                      previous checkpoint, and the size and SHA-256 of every other file: written last, so a
+                      checkpoint is complete when its files are there at those sizes, and intact when their
+                      bytes match
 Only rank 0 writes it; the other ranks' RNG states reach it through a gather. A run resumes from its newest
 complete and intact checkpoint (`find_resume_checkpoint`), whatever was interrupted or damaged after it.
 """
@@ -65,6 +66,9 @@ class TrainState:
     """Global batches of that epoch already consumed."""
     world_size: int = 1
     """Workers of the run that wrote the checkpoint (a resume may use another count)."""
+    data_order: dict[str, Any] = field(default_factory=dict)
+    """What the order of the examples is made from (`orchestrator.run.RunPlan.data_order`): a resume that
+    would read the examples in another order is refused."""
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -101,7 +105,14 @@ def save_checkpoint(
     torch.save(rng_states, directory / RNG_FILE)
     saved = dataclasses.asdict(state)
     files = {name: (directory / name).stat().st_size for name in STATE_FILES}
-    contents = {**saved, "files": files, "config": redact(job_config), "reports": list(reports)}
+    checksums = {name: storage.sha256(directory / name) for name in STATE_FILES}
+    contents = {
+        **saved,
+        "files": files,
+        "checksums": checksums,
+        "config": redact(job_config),
+        "reports": list(reports),
+    }
     (directory / TRAIN_STATE_FILE).write_text(json.dumps(contents, indent=2))
 
 
@@ -197,23 +208,38 @@ def _checked_with_state(run_dir: RunDir) -> list[tuple[str, str | None, str | No
     checked = []
     for name in sorted(found, key=checkpoint_step, reverse=True):
         sizes = found[name]
-        state_file = storage.join(run_dir.path, name, TRAIN_STATE_FILE)
+        state_file = run_dir.join(name, TRAIN_STATE_FILE)
         state = storage.read_text(state_file) if TRAIN_STATE_FILE in sizes else None
         checked.append((name, checkpoint_problem(name, sizes, state), state))
     return checked
 
 
-def find_resume_checkpoint(run_dir: RunDir) -> ResumePoint:
-    """The newest checkpoint of the run that is complete and intact (its files checked against the sizes
-    train_state.json records), whatever Ray Train's own list of checkpoints says; and why each newer one is
-    skipped."""
+def find_resume_checkpoint(run_dir: RunDir, verify: bool = False) -> ResumePoint:
+    """The newest checkpoint of the run that is complete (its files at the sizes train_state.json records),
+    whatever Ray Train's own list of checkpoints says; and why each newer one is skipped.
+
+    `verify` (the driver, before a run starts) also reads every file of the candidates against its SHA-256,
+    and sets a damaged checkpoint aside (`RunDir.set_aside`), so that the workers, which check sizes only,
+    never see it."""
     skipped = []
     for name, problem, state in _checked_with_state(run_dir):
+        if problem is None and verify:
+            problem = _damage(run_dir.join(name), json.loads(state).get("checksums", {}))
+            if problem is not None:
+                problem += f"; set aside as {run_dir.set_aside(name)}"
         if problem is None:
             step = checkpoint_step(name)
             return ResumePoint(run_dir.checkpoint(step), step, skipped, json.loads(state))
         skipped.append((name, problem))
     return ResumePoint(None, 0, skipped)
+
+
+def _damage(directory: str, checksums: dict[str, str]) -> str | None:
+    """Which file of a checkpoint does not match its recorded SHA-256 (None: all match, or none recorded)."""
+    for file, checksum in checksums.items():
+        if storage.sha256(storage.join(directory, file)) != checksum:
+            return f"{file} does not match its SHA-256 (its bytes were changed)"
+    return None
 
 
 def prune_checkpoints(run_dir: RunDir, keep: int) -> list[str]:
@@ -223,7 +249,7 @@ def prune_checkpoints(run_dir: RunDir, keep: int) -> list[str]:
     kept = [name for name, problem in checked if problem is None][:keep]
     deleted = [name for name, _ in checked if name not in kept]
     for name in deleted:
-        storage.remove_dir(storage.join(run_dir.path, name))
+        storage.remove_dir(run_dir.join(name))
     return deleted
 
 

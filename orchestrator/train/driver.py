@@ -34,8 +34,9 @@ from common.redact import redact
 from data.manifest import MANIFEST_FILE
 from model import BertConfig
 from orchestrator.config import JobConfig, with_absolute_paths
-from orchestrator.run import BatchPlan, Run, RunPlan, epoch_order, plan_batches
-from orchestrator.run_dir import RunDir
+from orchestrator.run import BatchPlan, Run, RunPlan, data_order_identity, epoch_order, plan_batches
+from orchestrator.run_dir import RunDir, RunLock
+from orchestrator.tracking.metrics import CHECKPOINT_TAG
 from orchestrator.tracking.run import RunTracker
 from orchestrator.tracking.tags import ray_job_tags
 from orchestrator.train.checkpoints import (
@@ -48,6 +49,7 @@ from orchestrator.train.failures import StopOnUserError, user_error_in
 from orchestrator.train.init_from import Donor, adopt_donor, donor_tags, model_config, read_donor
 from orchestrator.train.preflight import (
     check_data_fits_model,
+    check_resume_keeps_order,
     check_resume_point,
     check_sequence_length,
     ensure_prepared_data,
@@ -70,9 +72,24 @@ class TrainingResult:
 def train(config: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainingResult:
     """Run (or resume) the training run of a validated config; return where the final model is.
 
-    What would fail the same way on every worker is refused first (a UserError within seconds). Ctrl-C or a
-    stop signal raises `Interrupted`, naming the checkpoint kept and how to resume."""
+    What would fail the same way on every worker is refused first (a UserError within seconds), and so is a
+    second start of a run that is running. Ctrl-C or a stop signal, at any moment, raises `Interrupted`,
+    naming the checkpoint kept and what the same command does next."""
     config = with_absolute_paths(config)
+    run_dir = RunDir(config.checkpoint.storage_path, config.checkpoint.run_name)
+    try:
+        with RunLock(run_dir):
+            return _train(config, run_dir, callbacks)
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, Interrupted):
+            raise
+        raise Interrupted(what_is_kept(run_dir)) from None
+
+
+def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.UserCallback]) -> TrainingResult:
+    # The checkpoint to resume from, verified, and what it was trained on: before anything is built.
+    resume = find_resume_checkpoint(run_dir, verify=True)
+    check_resume_keeps_order(config, resume)
     donor = read_donor(config.checkpoint.init_from) if config.checkpoint.init_from else None
     if donor is not None:
         config = adopt_donor(config, donor)
@@ -95,15 +112,13 @@ def train(config: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -
     check_resources(
         config.scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]]
     )
-    manifest = ensure_prepared_data(config)
+    manifest = ensure_prepared_data(config, resume)
     model = model_config(config, manifest.vocab_size, manifest.special_token_ids["pad"], donor)
     check_data_fits_model(config, manifest, model)
     if donor is not None:
         _say_missing_heads(donor, config.model.use_nsp)
-    run_dir = RunDir(config.checkpoint.storage_path, config.checkpoint.run_name)
-    resume = find_resume_checkpoint(run_dir)
-    check_resume_point(resume, model)
     run = build_run(config, run_dir, manifest, batch, model)
+    check_resume_point(resume, run)
     print_resume_point(resume, run.plan.total_steps)
     resolved = config.to_dict()
     run_dir.update_run_json(config=resolved, plan=dataclasses.asdict(run.plan))
@@ -114,7 +129,8 @@ def train(config: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -
     try:
         tracker.log_config(resolved)
         tracker.set_tags(_run_tags(config, manifest, donor))
-        trainer = build_trainer(run, [tracker.callback(), StopOnUserError(), *callbacks])
+        failures = StopOnUserError(run_dir, config.checkpoint.max_failures)
+        trainer = build_trainer(run, [tracker.callback(), failures, *callbacks])
         result = fit(trainer, run_dir)
         last = find_resume_checkpoint(run_dir)
         with (
@@ -124,7 +140,7 @@ def train(config: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -
         ):
             export_final(Path(checkpoint_dir), config.data.tokenizer_dir, Path(local_final))
             tracker.log_final(local_final, {"data_manifest": manifest_file})
-        tracker.set_tags({"checkpoint_uri": last.path})
+        tracker.set_tags({CHECKPOINT_TAG: last.path})
         run_dir.update_run_json(final_dir=run_dir.final)
         prune_checkpoints(run_dir, config.checkpoint.keep)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a stop; Ray Train ends an aborted fit with SystemExit
@@ -165,6 +181,7 @@ def build_run(
         model=model,
         pad_token_id=manifest.special_token_ids["pad"],
         max_seq_length=manifest.settings.max_seq_length,
+        data_order=data_order_identity(config, _manifest_hash(config.data.prepared_dir)),
     )
     return Run(config, run_dir, plan, train_split, eval_split)
 

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import data
 from common import storage
 from common.console import say
 from common.errors import UserError
 from common.redact import redact
+from data.config import PrepareConfig
 from data.manifest import FORMAT_VERSION, MANIFEST_FILE
 from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
 from model import BertConfig
 from orchestrator.config import AUTO_PRESET, JobConfig
+from orchestrator.run import Run
 from orchestrator.train.checkpoints import ResumePoint, check_resumable
 from orchestrator.train.init_from import Donor
 
@@ -60,22 +63,88 @@ def check_data_fits_model(job: JobConfig, manifest: data.Manifest, model: BertCo
         )
 
 
-def check_resume_point(resume: ResumePoint, model: BertConfig) -> None:
-    """The checkpoint to resume from must hold the model this run builds."""
-    if resume.path is not None:
-        check_resumable(resume.path, model)
+def check_resume_keeps_order(config: JobConfig, resume: ResumePoint) -> None:
+    """A resume reads exactly the examples the uninterrupted run would have read: refused, before anything
+    is built, when a setting the data order is made from differs from the one its checkpoint was trained
+    with (the seed, the global batch, the partitions and window, the prepared data and its settings)."""
+    saved = resume.train_state.get("config")
+    if resume.path is None or not saved:
+        return
+    now = redact(config.to_dict())
+    for key in ORDER_SETTINGS:
+        before, after = _setting(saved, key), _setting(now, key)
+        if before != after:
+            raise UserError(
+                f"this run resumes from {_name(resume)}, trained with {key}={before!r}; with {key}={after!r} "
+                "it would read other examples than the run would have read. Keep "
+                f"{key}={before!r} to resume it exactly, or {_fresh_start(resume)}"
+            )
 
 
-def ensure_prepared_data(job: JobConfig) -> data.Manifest:
+def check_resume_point(resume: ResumePoint, run: Run) -> None:
+    """The checkpoint to resume from must hold the model this run builds, and have been trained on the
+    prepared examples the run reads now."""
+    if resume.path is None:
+        return
+    check_resumable(resume.path, run.plan.model)
+    trained_on = resume.train_state.get("data_order", {}).get("prepared_data")
+    if trained_on is not None and trained_on != run.plan.data_order["prepared_data"]:
+        raise UserError(
+            f"this run resumes from {_name(resume)}, but the examples in {run.config.data.prepared_dir} have "
+            "changed since it was written (another run or `prepare` rebuilt them): resuming would read "
+            f"other examples. Put back the data it was trained on, or {_fresh_start(resume)}"
+        )
+
+
+ORDER_SETTINGS = (
+    "train.seed",
+    "train.global_batch_size",
+    "stream.partitions",
+    "stream.shuffle_window",
+    "data.prepared_dir",
+    *(f"data.prepare.{key}" for key in PrepareConfig().output_settings()),
+)
+
+
+def _setting(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part, {}) if isinstance(config, dict) else {}
+    return config
+
+
+def _name(resume: ResumePoint) -> str:
+    return f"{storage.basename(resume.path)} (step {resume.step})"
+
+
+def _fresh_start(resume: ResumePoint) -> str:
+    return (
+        f"start a new run from its weights with a fresh order: --init-from {resume.path} --set "
+        "checkpoint.run_name=NEW_NAME"
+    )
+
+
+def _refuse_rebuild(resume: ResumePoint, prepared_dir: str, why: str) -> UserError:
+    return UserError(
+        f"this run resumes from {_name(resume)}, trained on the examples in {prepared_dir}, but {why}; a "
+        "resume never rebuilds the examples its checkpoints were trained on. Put back the settings it was "
+        f"trained with (its run.json holds them), or {_fresh_start(resume)}"
+    )
+
+
+def ensure_prepared_data(job: JobConfig, resume: ResumePoint | None = None) -> data.Manifest:
     """Train the tokenizer and prepare the examples when missing (or made by `train` with other settings);
-    reuse them when they match; refuse prepared data that another command made with other settings."""
+    reuse them when they match; refuse prepared data that another command made with other settings. A run
+    that `resume`s from a checkpoint uses the data it was trained on, or is refused: nothing is rebuilt."""
     settings = job.data
-    _ensure_tokenizer(job)
+    resuming = resume is not None and resume.path is not None
+    _ensure_tokenizer(job, resume if resuming else None)
     tokenizer_hash = data.tokenizer_hash(settings.tokenizer_dir)
     manifest, unreadable = _read_manifest(settings.prepared_dir)
     why = unreadable or (manifest is not None and _mismatch(job, manifest, tokenizer_hash))
     if manifest is not None and not why:
         return manifest
+    if resuming:
+        raise _refuse_rebuild(resume, settings.prepared_dir, why or "they are missing")
     if why:
         marker = storage.join(settings.prepared_dir, PREPARED_MARKER_FILE)
         if not (storage.is_file(marker) or settings.rebuild):
@@ -95,7 +164,7 @@ def ensure_prepared_data(job: JobConfig) -> data.Manifest:
     return manifest
 
 
-def _ensure_tokenizer(job: JobConfig) -> None:
+def _ensure_tokenizer(job: JobConfig, resume: ResumePoint | None) -> None:
     """A tokenizer the user brought (no marker) is used as it is; one that `train` built is rebuilt when the
     recipe's corpus or tokenizer settings change."""
     settings = job.data
@@ -106,6 +175,9 @@ def _ensure_tokenizer(job: JobConfig) -> None:
     has_tokenizer = any(storage.is_file(path) for path in tokenizer_files)
     if has_tokenizer and not (storage.is_file(marker) and json.loads(storage.read_text(marker)) != wanted):
         return
+    if resume is not None:
+        why = "its tokenizer would be trained again" if has_tokenizer else "its tokenizer is missing"
+        raise _refuse_rebuild(resume, job.data.prepared_dir, why)
     say(f"Training the tokenizer into {tokenizer_dir} ...")
     data.train_tokenizer(
         settings.corpus,

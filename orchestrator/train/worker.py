@@ -95,12 +95,14 @@ class Worker:
     def restore(self, resume: ResumePoint) -> TrainState:
         """Resume from the run's newest complete and intact checkpoint (after a worker failure, or when the
         same run is started again); else start from `checkpoint.init_from`'s weights, or from scratch."""
+        data_order = self.run.plan.data_order  # the driver checked that a resume keeps it
         if resume.path is not None:
             with storage.local_input(resume.path) as directory:
-                return load_checkpoint(Path(directory), self.trainables, self.rank)
+                state = load_checkpoint(Path(directory), self.trainables, self.rank)
+            return dataclasses.replace(state, data_order=data_order)
         if self.run.config.checkpoint.init_from:
             init_weights_from(self.model, self.run.config.checkpoint.init_from)
-        return TrainState(world_size=self.world_size)
+        return TrainState(world_size=self.world_size, data_order=data_order)
 
     def train(self) -> None:
         if self.state.step == 0 and self.run.config.checkpoint.init_from and self.evaluator is not None:

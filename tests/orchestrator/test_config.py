@@ -66,6 +66,7 @@ def test_a_recipe_path_works_as_well_as_a_name(tmp_path):
         ("optim.name=sgd", "optim.name: 'sgd' is not one of 'adamw', 'lamb'"),
         ("model.preset=huge", "model.preset: 'huge' is not one of tiny, mini, small, medium, base, large"),
         ("train.max_tokens=1000", "set exactly one of max_steps and max_tokens"),
+        ("train.max_steps=0", "train.max_steps must be positive, got 0"),
         ("scaling.num_workers=0", "scaling.num_workers must be positive"),
         ("scaling.min_workers=3", "scaling.min_workers must be between 1 and scaling.num_workers=2, got 3"),
         ("masking.mlm_probability=1.5", "mlm_probability is 1.5"),
@@ -120,6 +121,13 @@ def test_a_bad_override_is_blamed_on_the_command_line_not_the_recipe(capsys):
     assert "debug.yaml" not in error
     assert main(["config", "show", "debug", "--set", "train.max_tokens=1000"]) == 2  # valid alone, not with
     assert "debug.yaml --set train.max_tokens=1000: train: set exactly one of" in capsys.readouterr().err
+
+
+def test_a_rejected_secret_is_not_echoed():
+    with pytest.raises(UserError) as error:
+        load_config("debug", ["data.prepare.hf_token=[hf_planted"])
+    assert "--set data.prepare.hf_token=***: the value is not valid YAML" in str(error.value)
+    assert "hf_planted" not in str(error.value)
 
 
 def test_config_show_keeps_credentials_out(capsys):

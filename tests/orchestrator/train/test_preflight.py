@@ -5,6 +5,7 @@ the first failure instead of after `checkpoint.max_failures` restarts."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from model import BertConfig, BertForPreTraining
 from orchestrator.run_dir import checkpoint_name
 from orchestrator.train.checkpoints import (
     OPTIMIZER_FILE,
+    TRAIN_STATE_FILE,
     Trainables,
     TrainState,
     rng_state,
@@ -107,7 +109,8 @@ def test_a_sequence_longer_than_the_models_positions_is_refused_before_anything_
 
 
 def test_a_checkpoint_damaged_inside_fails_the_run_once_naming_the_file(tmp_path, prepared_corpus):
-    """The sizes match, so only loading it finds the damage: in every worker, at every restart."""
+    """The sizes and the recorded SHA-256 match (the damage was done before they were recorded), so only
+    loading it finds the damage: in every worker, at every restart."""
     job = make_job(tmp_path, prepared_corpus["data"], checkpoint={"max_failures": 3})
     vocab_size = data.load_manifest(job.data.prepared_dir).vocab_size
     model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=vocab_size))
@@ -119,6 +122,10 @@ def test_a_checkpoint_damaged_inside_fails_the_run_once_naming_the_file(tmp_path
     )
     optimizer_file = directory / OPTIMIZER_FILE
     optimizer_file.write_bytes(b"\0" * optimizer_file.stat().st_size)
+    state_file = directory / TRAIN_STATE_FILE
+    state = json.loads(state_file.read_text())
+    state["checksums"][OPTIMIZER_FILE] = hashlib.sha256(optimizer_file.read_bytes()).hexdigest()
+    state_file.write_text(json.dumps(state))
 
     with pytest.raises(UserError, match="checkpoint checkpoint_000000002: optimizer.pt cannot be read"):
         train(job, callbacks=[ReportRecorder(tmp_path / "reports.jsonl")])
