@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,11 +201,16 @@ def what_is_kept(run_dir: RunDir) -> str:
     return f"the checkpoint of step {resume.step} is kept in {run_dir}; run the same command to resume"
 
 
-def build_trainer(run: Run, callbacks: Sequence[ray.train.UserCallback]) -> TorchTrainer:
+def build_trainer(
+    run: Run, callbacks: Sequence[ray.train.UserCallback], loop: Callable[[dict], None] = train_worker
+) -> TorchTrainer:
     """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the run's
     splits and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build
     the iterators in the controller before that, and Ray's default split passes every block through one
-    coordinator actor)."""
+    coordinator actor).
+
+    `loop` is what every rank runs with {"run": run}; fine-tuning passes its own worker and run, which has
+    the same `config` (scaling, checkpoint) and `dir`."""
     scaling = run.config.scaling
     # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
     # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
@@ -214,7 +219,7 @@ def build_trainer(run: Run, callbacks: Sequence[ray.train.UserCallback]) -> Torc
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, f"{poll_s:g}")
     checkpoint = run.config.checkpoint
     return TorchTrainer(
-        train_worker,
+        loop,
         train_loop_config={"run": run},
         scaling_config=ray.train.ScalingConfig(
             num_workers=ray_worker_count(scaling, ray.cluster_resources()),
