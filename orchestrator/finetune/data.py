@@ -142,7 +142,7 @@ def read_labelled(path: str, fields: Fields, role: str = "train") -> LabelledRow
         column = table.column(name).combine_chunks()
         missing = column.is_null()
         if name == fields.label and pa.types.is_string(column.type):
-            missing = pc.or_(missing, pc.equal(column, ""))
+            missing = pc.or_kleene(missing, pc.equal(column, ""))
         if pc.any(missing).as_py():
             row = pc.index(missing, True).as_py() + 1
             raise UserError(f"{path}: row {row} has no {name!r} (the first row without it)")
@@ -170,8 +170,13 @@ def read_table(path: str, role: str) -> pa.Table:
         if extension in (".jsonl", ".json"):
             import pyarrow.json as pajson
 
-            with filesystem.open_input_stream(inner) as stream:
-                return pajson.read_json(stream)
+            try:
+                with filesystem.open_input_stream(inner) as stream:
+                    return pajson.read_json(stream)
+            except pa.ArrowInvalid as error:
+                if "changed from" not in str(error):
+                    raise
+                return _read_mixed_jsonl(filesystem, inner)  # a field of numbers and strings
         if extension == ".parquet":
             import pyarrow.parquet as pq
 
@@ -182,6 +187,23 @@ def read_table(path: str, role: str) -> pa.Table:
         f"{path}: unknown format; give a .csv, .tsv, .jsonl, .json (one object a line) or .parquet file, or "
         "a folder saved by HF datasets (save_to_disk)"
     )
+
+
+def _read_mixed_jsonl(filesystem, inner: str) -> pa.Table:
+    """JSONL whose fields mix types from row to row (labels 1 and "2"): such a field is read as strings."""
+    import json
+
+    with filesystem.open_input_stream(inner) as stream:
+        rows = [json.loads(line) for line in stream.read().decode("utf-8").splitlines() if line.strip()]
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.table(columns)
 
 
 def _read_hf_dataset(local: str, path: str, role: str) -> pa.Table:
