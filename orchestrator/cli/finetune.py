@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--warmup", type=float, default=0.1, help="share of the steps of linear warmup (default 0.1)"
     )
     parser.add_argument("--dropout", type=float, help="hidden and attention dropout (default: the model's)")
+    parser.add_argument("--log-every", type=int, default=10, help="log training metrics every N steps (10)")
     parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
@@ -91,6 +92,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         warmup_share=args.warmup,
         dropout=args.dropout,
+        log_every=args.log_every,
         num_workers=args.num_workers,
         use_gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker,

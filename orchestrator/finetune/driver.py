@@ -262,6 +262,7 @@ def export_final(out: FinetuneDir, seed: int, tokenizer_dir: str) -> None:
 def _say_plan(
     settings: FinetuneSettings, data: LabelledData, steps_per_epoch: int, total_steps: int, warmup: int
 ) -> None:
+    seeds = "seed 0" if settings.seeds == 1 else f"seeds 0-{settings.seeds - 1}"
     kind = f"{data.num_labels} classes ({_names(data.label_names)})" if data.label_names else "regression"
     say(
         f"Fine-tuning {redact_text(settings.model)}: {len(data.train):,} training rows, "
@@ -276,7 +277,7 @@ def _say_plan(
     say(
         f"  {settings.epochs} epochs x {steps_per_epoch} steps of {settings.batch_size} examples over "
         f"{settings.num_workers} worker(s); AdamW lr {settings.lr:g}, linear warmup {warmup} steps "
-        f"({settings.warmup_share:.0%} of {total_steps}) then linear decay; seeds 0-{settings.seeds - 1}."
+        f"({settings.warmup_share:.0%} of {total_steps}) then linear decay; {seeds}."
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from common import storage
 from common.console import warn
+from common.errors import UserError
 from common.redact import redact_text
 from orchestrator.config import MlflowConfig
 from orchestrator.run_dir import RunDir
@@ -45,7 +46,7 @@ def pretraining_run_id(model_path: str) -> str | None:
         return None
     try:
         return RunDir.at(parent).read_run_json().get(RUN_ID_KEY)
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):  # no run directory there, or one that cannot be read
         return None
 
 
