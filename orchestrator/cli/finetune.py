@@ -117,9 +117,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         say(f"eval (best epoch {result.per_seed[0]['epoch']}): {_scores_text(result.scores)}")
     truncated = ", ".join(f"{share:.1%} of {name}" for name, share in result.truncated.items())
     say(f"texts cut to the sequence length: {truncated}")
+    exported = next(s for s in result.per_seed if s["seed"] == result.best_seed)
+    exported_scores = {k: v for k, v in exported.items() if k not in ("seed", "epoch")}
     say(
-        f"The model (seed {result.best_seed}, HF format with its tokenizer and labels) is in "
-        f"{result.final_dir}"
+        f"The model (seed {result.best_seed}, epoch {exported['epoch']}: {_scores_text(exported_scores)}; HF "
+        f"format with its tokenizer and labels) is in {result.final_dir}"
     )
     if result.mlflow_link:
         say(f"See the run in MLflow: {result.mlflow_link}")

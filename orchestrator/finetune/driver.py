@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -141,17 +142,7 @@ def finetune(
                 data=data_ref,
                 encoder=encoder_ref,
             )
-            storage.remove_dir(run.dir.path)  # a new fit: nothing of an earlier call in the way
-            child_id, callback = tracker.child(seed, run.dir)
-            try:
-                trainer = build_trainer(run, [callback, StopOnUserError(), *callbacks], loop=finetune_worker)
-                result = fit(trainer, run.dir)
-            except BaseException:
-                tracker.end(child_id, "FAILED")
-                raise
-            best = _read_best(result)
-            tracker.log(child_id, metrics={f"best/{k}": v for k, v in best["scores"].items()})
-            tracker.end(child_id, "FINISHED")
+            best = fit_seed(run, tracker, callbacks)
             per_seed.append({"seed": seed, "epoch": best["epoch"], **best["scores"]})
             predictions[seed] = best["predictions"]
             say(f"seed {seed}: best epoch {best['epoch']}: {_scores_text(best['scores'])}")
@@ -203,6 +194,30 @@ def finetune(
     return result
 
 
+def fit_seed(
+    run: FinetuneRun, tracker: FinetuneTracker, callbacks: Sequence[ray.train.UserCallback]
+) -> dict[str, Any]:
+    """One seed's Ray Train fit, recorded in its own nested MLflow run; its best epoch, scores and
+    predictions."""
+    storage.remove_dir(run.dir.path)  # a new fit: nothing of an earlier call in the way
+    seed = run.config.train.seed
+    child_id, callback = tracker.child(seed, run.dir)
+    try:
+        trainer = build_trainer(run, [callback, StopOnUserError(), *callbacks], loop=finetune_worker)
+        result = fit(trainer, run.dir)
+    except (KeyboardInterrupt, SystemExit):
+        tracker.end(child_id, "KILLED")
+        raise
+    except BaseException:
+        tracker.end(child_id, "FAILED")
+        raise
+    with result.checkpoint.as_directory() as directory:
+        best = json.loads(Path(directory, RESULT_FILE).read_text())
+    tracker.log(child_id, metrics={f"best/{k}": v for k, v in best["scores"].items()})
+    tracker.end(child_id, "FINISHED")
+    return best
+
+
 def _plan_batches(settings: FinetuneSettings) -> BatchPlan:
     """train/'s split of the global batch over the workers, its messages in this command's flags."""
     try:
@@ -240,12 +255,6 @@ def _job_config(
         ),
         mlflow=mlflow,
     )
-
-
-def _read_best(result: ray.train.Result) -> dict[str, Any]:
-    """A seed's best epoch, scores and predictions, from the checkpoint of its last report."""
-    with result.checkpoint.as_directory() as directory:
-        return json.loads(open(os.path.join(directory, RESULT_FILE)).read())
 
 
 def export_final(out: FinetuneDir, seed: int, tokenizer_dir: str) -> None:

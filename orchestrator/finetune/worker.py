@@ -155,7 +155,7 @@ class FinetuneWorker:
         if evaluate:
             metrics |= self.evaluate(epoch)
         if self.rank == 0:
-            say(progress_line(metrics, self.run, self.data.task))
+            say(progress_line(metrics, self.run))
         if not (evaluate and epoch == self.run.epochs):
             ray.train.report(metrics)
             return
@@ -213,7 +213,7 @@ def epoch_permutation(rows: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(rows)
 
 
-def progress_line(metrics: dict[str, Any], run: FinetuneRun, task: str) -> str:
+def progress_line(metrics: dict[str, Any], run: FinetuneRun) -> str:
     parts = [
         f"seed {run.config.train.seed}  epoch {metrics['epoch']}/{run.epochs}  "
         f"step {metrics['step']}/{run.plan.total_steps}"
