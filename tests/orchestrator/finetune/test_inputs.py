@@ -241,3 +241,26 @@ def test_json_is_the_scores_then_seeds(tmp_path):
     )
     assert json.loads(json.dumps(result.to_json())) == {"pearson": 0.5, "spearman": 0.4}
     assert Path(result.final_dir).exists()
+
+
+def test_sets_in_a_bucket_read_as_local_ones(labelled_set, tokenizer, bucket, tmp_path):
+    import datasets
+
+    from common import storage
+
+    for name in ("train.csv", "eval.jsonl"):
+        storage.write_text(f"{bucket}/{name}", Path(labelled_set[name.split(".")[0]]).read_text())
+    rows = {"text": ["One.", "Two."], "label": ["a", "b"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "hf"))
+    storage.copy_dir(str(tmp_path / "hf"), f"{bucket}/hf")
+
+    local = load_labelled_data(
+        labelled_set["train"], labelled_set["eval"], Fields(), "classification", tokenizer, 32
+    )
+    remote = load_labelled_data(
+        f"{bucket}/train.csv", f"{bucket}/eval.jsonl", Fields(), "classification", tokenizer, 32
+    )
+    for split in ("train", "eval"):
+        assert np.array_equal(getattr(local, split).ids, getattr(remote, split).ids)
+        assert np.array_equal(getattr(local, split).labels, getattr(remote, split).labels)
+    assert read_labelled(f"{bucket}/hf", Fields()).texts == rows["text"]
