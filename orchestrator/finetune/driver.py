@@ -1,7 +1,7 @@
 """The fine-tuning driver: from a pretrained model and two labelled sets to `OUT/final/` and the scores.
 
 Everything that can be wrong with the input is refused first, before Ray Train starts: the settings, the
-model folder, the labelled sets (`orchestrator.finetune.data`), the split of the global batch over the
+model folder, the labelled sets (`data.labelled`), the split of the global batch over the
 workers (train/'s `plan_batches`) and the cluster's room for them (train/'s `check_resources`). Then one
 Ray Train fit per seed, through train/'s `build_trainer` and `fit` with the fine-tuning worker; the best
 seed's best epoch is exported with the tokenizer to `OUT/final/`, and `OUT/finetune.json` records the scores.
@@ -26,6 +26,7 @@ from common.console import say
 from common.errors import Interrupted, UserError
 from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from common.redact import redact, redact_text
+from data.labelled import Fields, LabelledData, load_labelled_data
 from data.tokenizer import TOKENIZER_FILES
 from orchestrator.config import (
     CheckpointConfig,
@@ -36,7 +37,6 @@ from orchestrator.config import (
     ScalingConfig,
     TrainConfig,
 )
-from orchestrator.finetune.data import Fields, LabelledData, load_labelled_data
 from orchestrator.finetune.metrics import PRIMARY, summarize_seeds
 from orchestrator.finetune.run import RESULT_FILE, FinetuneDir, FinetuneRun, FinetuneSettings
 from orchestrator.finetune.tracking import FinetuneTracker

@@ -20,8 +20,8 @@ import ray
 
 from common import storage
 from common.errors import UserError
+from data.labelled import TASKS
 from orchestrator.config import JobConfig
-from orchestrator.finetune.data import TASKS
 from orchestrator.run import RunPlan
 from orchestrator.run_dir import RunDir
 

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data import load_tokenizer
+from data.labelled import Fields, load_labelled_data, read_labelled
 from orchestrator.cli import main
-from orchestrator.finetune.data import Fields, load_labelled_data, read_labelled
 from orchestrator.finetune.metrics import (
     classification_scores,
     regression_scores,

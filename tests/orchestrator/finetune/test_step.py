@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from data.labelled import TokenizedSplit
 from model import BertConfig, BertForSequenceClassification
-from orchestrator.finetune.data import TokenizedSplit
 from orchestrator.finetune.worker import ClassifierStep
 from orchestrator.train.checkpoints import Trainables
 

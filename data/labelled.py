@@ -1,8 +1,8 @@
-"""The labelled sets of a fine-tuning run: read, checked and tokenized once, on the driver.
+"""Labelled sets (fine-tuning, probes): read, checked and tokenized once, on the driver.
 
 A set is a CSV (or .tsv), JSONL, Parquet file or a saved HF `datasets` folder, local or in a bucket, with a
 text field, an optional second text field (sentence pairs) and a label field. Every problem with them is a
-`UserError` raised here, before any worker starts: a missing field (naming the file and the first row
+`DataError` raised here, before any worker starts: a missing field (naming the file and the first row
 without it), an empty set, an evaluation label that training never saw, a regression label that is not a
 number. The texts are tokenized with the model's tokenizer in batches (`encode_batch`) and truncated to the
 sequence length; the share truncated is counted for the summary.
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common import storage
-from common.errors import UserError
+from data.errors import DataError
 
 TASKS = ("classification", "regression")
 HF_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -108,7 +108,7 @@ def load_labelled_data(
 ) -> LabelledData:
     """Read, check and tokenize both sets (see the module docstring)."""
     if task not in TASKS:
-        raise UserError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+        raise DataError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     train_rows = read_labelled(train_path, fields, "train")
     eval_rows = read_labelled(eval_path, fields, "eval")
     if task == "classification":
@@ -131,11 +131,11 @@ def read_labelled(path: str, fields: Fields, role: str = "train") -> LabelledRow
     """The texts and labels of the set at `path` (`role`: train or eval, for a DatasetDict's split)."""
     table = read_table(path, role)
     if table.num_rows == 0:
-        raise UserError(f"{path} holds no rows: the {role} set must not be empty")
+        raise DataError(f"{path} holds no rows: the {role} set must not be empty")
     for name in fields.names():
         if name not in table.column_names:
             flag = {fields.text: "--text-field", fields.pair: "--pair-field", fields.label: "--label-field"}
-            raise UserError(
+            raise DataError(
                 f"{path}: row 1 has no field {name!r} (its fields: {', '.join(table.column_names)}); "
                 f"pass {flag[name]} NAME"
             )
@@ -145,7 +145,7 @@ def read_labelled(path: str, fields: Fields, role: str = "train") -> LabelledRow
             missing = pc.or_kleene(missing, pc.equal(column, ""))
         if pc.any(missing).as_py():
             row = pc.index(missing, True).as_py() + 1
-            raise UserError(f"{path}: row {row} has no {name!r} (the first row without it)")
+            raise DataError(f"{path}: row {row} has no {name!r} (the first row without it)")
     texts = _strings(table.column(fields.text))
     pairs = _strings(table.column(fields.pair)) if fields.pair else None
     return LabelledRows(path, texts, pairs, table.column(fields.label).combine_chunks())
@@ -154,7 +154,7 @@ def read_labelled(path: str, fields: Fields, role: str = "train") -> LabelledRow
 def read_table(path: str, role: str) -> pa.Table:
     """A CSV/TSV, JSONL, Parquet file or saved HF dataset folder (local or bucket) as an Arrow table."""
     if not storage.exists(path):
-        raise UserError(f"{path} does not exist")
+        raise DataError(f"{path} does not exist")
     if any(storage.is_file(storage.join(path, marker)) for marker in HF_DATASET_MARKERS):
         with storage.local_input(path) as local:
             return _read_hf_dataset(local, path, role)
@@ -182,8 +182,8 @@ def read_table(path: str, role: str) -> pa.Table:
 
             return pq.read_table(inner, filesystem=filesystem)
     except pa.ArrowInvalid as error:
-        raise UserError(f"{path}: cannot read it as {extension[1:].upper()}: {error}") from None
-    raise UserError(
+        raise DataError(f"{path}: cannot read it as {extension[1:].upper()}: {error}") from None
+    raise DataError(
         f"{path}: unknown format; give a .csv, .tsv, .jsonl, .json (one object a line) or .parquet file, or "
         "a folder saved by HF datasets (save_to_disk)"
     )
@@ -215,7 +215,7 @@ def _read_hf_dataset(local: str, path: str, role: str) -> pa.Table:
         if split is None and len(loaded) == 1:
             split = next(iter(loaded))
         if split is None:
-            raise UserError(
+            raise DataError(
                 f"{path} holds the splits {', '.join(loaded)}; the {role} set takes "
                 f"{' or '.join(DICT_SPLITS[role])}: save the split you mean on its own"
             )
@@ -232,7 +232,7 @@ def class_names(rows: LabelledRows) -> list[str]:
     labels = _integer_labels(rows)
     unique = pc.unique(labels).to_pylist()
     if len(unique) < 2:
-        raise UserError(
+        raise DataError(
             f"{rows.path}: every row has the label {unique[0]!r}; classification needs two labels or more"
         )
     return [str(label) for label in sorted(unique)]
@@ -245,7 +245,7 @@ def class_ids(rows: LabelledRows, names: list[str]) -> np.ndarray:
     if ids.null_count:
         row = pc.index(ids.is_null(), True).as_py()
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-        raise UserError(
+        raise DataError(
             f"{rows.path}: row {row + 1} has the label {as_text[row].as_py()!r}, which no training row has "
             f"(training labels: {shown})"
         )
@@ -258,7 +258,7 @@ def _integer_labels(rows: LabelledRows) -> pa.Array:
     if pa.types.is_floating(labels.type):
         values = labels.to_numpy(zero_copy_only=False)
         if not np.all(values == np.round(values)):
-            raise UserError(
+            raise DataError(
                 f"{rows.path}: the labels are fractional numbers ({values[values != np.round(values)][0]}); "
                 "for a numeric target pass --task regression"
             )
@@ -278,7 +278,7 @@ def numbers(rows: LabelledRows) -> np.ndarray:
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.argmax(bad))
-        raise UserError(
+        raise DataError(
             f"{rows.path}: row {row + 1} has the label {labels[row].as_py()!r}, which is not a number "
             "(--task regression needs numeric labels)"
         )
