@@ -92,6 +92,8 @@ class Run:
     train_split: PreparedSplit
     eval_split: PreparedSplit | None
     """The held-out split when the run evaluates, else None."""
+    probes: tuple = ()
+    """The downstream probes' labelled sets, tokenized (`orchestrator.train.probes.ProbeData`)."""
 
     @property
     def order(self) -> EpochOrder:

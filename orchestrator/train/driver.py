@@ -52,6 +52,7 @@ from orchestrator.train.preflight import (
     check_sequence_length,
     ensure_prepared_data,
 )
+from orchestrator.train.probes import ProbeData, load_probes
 from orchestrator.train.resources import check_resources, ray_worker_count
 from orchestrator.train.worker import train_worker
 
@@ -103,7 +104,8 @@ def train(config: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -
     run_dir = RunDir(config.checkpoint.storage_path, config.checkpoint.run_name)
     resume = find_resume_checkpoint(run_dir)
     check_resume_point(resume, model)
-    run = build_run(config, run_dir, manifest, batch, model)
+    probes = load_probes(config, model.max_position_embeddings)
+    run = build_run(config, run_dir, manifest, batch, model, probes)
     print_resume_point(resume, run.plan.total_steps)
     resolved = config.to_dict()
     run_dir.update_run_json(config=resolved, plan=dataclasses.asdict(run.plan))
@@ -140,10 +142,15 @@ def train(config: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -
 
 
 def build_run(
-    config: JobConfig, run_dir: RunDir, manifest: data.Manifest, batch: BatchPlan, model: BertConfig
+    config: JobConfig,
+    run_dir: RunDir,
+    manifest: data.Manifest,
+    batch: BatchPlan,
+    model: BertConfig,
+    probes: tuple[ProbeData, ...] = (),
 ) -> Run:
     """The run's splits (the manifest and tokenizer read once, here, for every rank) and its plan: steps,
-    epochs and sizes from the config, the prepared data and the model."""
+    epochs and sizes from the config, the prepared data and the model; the probes' sets as read."""
     train_split = data.load_split(config.data.prepared_dir, "train")
     evaluates = config.train.eval_every > 0 and manifest.counts["examples"].get("eval", 0) > 0
     eval_split = data.load_split(config.data.prepared_dir, "eval") if evaluates else None
@@ -166,7 +173,7 @@ def build_run(
         pad_token_id=manifest.special_token_ids["pad"],
         max_seq_length=manifest.settings.max_seq_length,
     )
-    return Run(config, run_dir, plan, train_split, eval_split)
+    return Run(config, run_dir, plan, train_split, eval_split, probes)
 
 
 def fit(trainer: TorchTrainer, run_dir: RunDir) -> ray.train.Result:
