@@ -121,12 +121,9 @@ def finetune(
     )
     data_ref, encoder_ref = ray.put(data), ray.put(loaded.model.bert.state_dict())
     out = FinetuneDir(settings.out)
-    mlflow = MlflowConfig(
-        enabled=settings.mlflow_enabled,
-        tracking_uri=settings.tracking_uri,
-        experiment_name=settings.experiment_name,
-    )
-    tracker = FinetuneTracker.open(mlflow, settings.model, f"finetune {os.path.basename(settings.out)}")
+    mlflow = MlflowConfig(enabled=settings.mlflow_enabled, tracking_uri=settings.tracking_uri)
+    run_name = f"finetune {os.path.basename(settings.out)}"
+    tracker = FinetuneTracker.open(mlflow, settings.model, run_name, settings.experiment_name)
     if tracker.link:
         say(f"MLflow run: {tracker.link}")
     tracker.log(tracker.run_id, params=_params(settings, warmup_steps, max_seq_length, data))

@@ -1,8 +1,9 @@
 """The MLflow record of a fine-tuning call: one parent run, and a nested child run per seed.
 
 The parent goes in the experiment of the model's pretraining run when the model is a run's final/ or one of
-its checkpoints (the run directory's run.json names its MLflow run), tagged with that run's id and link;
-else in the configured experiment. It holds the settings, the best model's scores (`eval/...`), the medians
+its checkpoints (the run directory's run.json names its MLflow run) and no experiment is named, else in the
+named one (default bert-pretrain's); it is tagged with the pretraining run's id and link whenever this store
+has that run. It holds the settings, the best model's scores (`eval/...`), the medians
 over the seeds (`median/...`) and the model. Each seed's child run (tag `mlflow.parentRunId`) gets its curves
 live from the Ray Train controller, through train/'s `MetricsCallback`. With tracking off, every method does
 nothing. The store is the one `train` uses (`resolve_tracking_uri`: the embedded SQLite `mlflow.db` in the
@@ -32,6 +33,7 @@ from orchestrator.tracking.client import (
     store_error,
 )
 from orchestrator.tracking.metrics import MetricsCallback
+from orchestrator.tracking.names import mark_model_training
 from orchestrator.tracking.tags import git_commit
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -59,8 +61,11 @@ class FinetuneTracker:
         self.experiment_id = run.info.experiment_id if run is not None else ""
 
     @classmethod
-    def open(cls, config: MlflowConfig, model_path: str, run_name: str) -> FinetuneTracker:
-        """Create the parent run (see the module docstring); a store that refuses it is a UserError."""
+    def open(
+        cls, config: MlflowConfig, model_path: str, run_name: str, experiment: str = ""
+    ) -> FinetuneTracker:
+        """Create the parent run (see the module docstring) in `experiment`, "" for the pretraining run's
+        (else config.experiment_name); a store that refuses it is a UserError."""
         if not config.enabled:
             return cls(config)
         from mlflow import MlflowClient
@@ -71,16 +76,17 @@ class FinetuneTracker:
         tags = {"git_commit": commit} if (commit := git_commit()) else {}
         try:
             client = MlflowClient(tracking_uri)
-            experiment = None
-            if (pretraining := pretraining_run_id(model_path)) and not config.experiment_name:
-                experiment = _experiment_of(client, pretraining)
-            if pretraining and experiment is not None:
+            pretraining = pretraining_run_id(model_path)
+            pretraining_experiment = _experiment_of(client, pretraining) if pretraining else None
+            if pretraining_experiment is not None:
                 tags[PRETRAINING_RUN_TAG] = pretraining
-                tags[PRETRAINING_LINK_TAG] = run_link(tracking_uri, experiment, pretraining)
-            if experiment is None:
-                default = MlflowConfig(experiment_name=config.experiment_name or MlflowConfig.experiment_name)
-                experiment = experiment_id(client, default, tracking_uri)
-            run = client.create_run(experiment, run_name=run_name, tags=tags)
+                tags[PRETRAINING_LINK_TAG] = run_link(tracking_uri, pretraining_experiment, pretraining)
+            chosen = None if experiment else pretraining_experiment
+            if chosen is None:
+                named = MlflowConfig(experiment_name=experiment or config.experiment_name)
+                chosen = experiment_id(client, named, tracking_uri)
+            mark_model_training(client, chosen)
+            run = client.create_run(chosen, run_name=run_name, tags=tags)
         except Exception as error:
             raise store_error(error, tracking_uri) from None
         return cls(config, tracking_uri, client, run)
