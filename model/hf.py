@@ -86,10 +86,21 @@ def _hf_name(key: str) -> str:
 
 def to_hf_state_dict(model: BertForPreTraining) -> dict[str, torch.Tensor]:
     """HF BertForPreTraining tensors for this model: QKV split, vocabulary padding cut off."""
-    config = model.config
-    ours = model.state_dict()
+    return _hf_tensors(model.state_dict(), model.config, hf_key_map(model.config))
+
+
+def encoder_hf_state_dict(state_dict: dict[str, torch.Tensor], config: BertConfig) -> dict[str, torch.Tensor]:
+    """HF `bert.*` tensors (encoder and pooler, as every HF BERT class names them) from a state dict whose
+    encoder keys start with `bert.` (BertForPreTraining's, BertForSequenceClassification's)."""
+    encoder_names = {k: v for k, v in hf_key_map(config).items() if k.startswith("bert.")}
+    return _hf_tensors(state_dict, config, encoder_names)
+
+
+def _hf_tensors(
+    ours: dict[str, torch.Tensor], config: BertConfig, names: dict[str, str]
+) -> dict[str, torch.Tensor]:
     out = {}
-    for name, key in hf_key_map(config).items():
+    for name, key in names.items():
         tensor = ours[name]
         if name in _VOCABULARY_ROWS:
             tensor = tensor[: config.vocab_size]

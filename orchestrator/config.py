@@ -78,6 +78,36 @@ class DataConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """A downstream probe during pretraining: a linear classifier fitted on the frozen encoder's [CLS]
+    vector over a labelled training set, scored on a labelled eval set (`orchestrator.train.probes`)."""
+
+    name: str = ""
+    """Names its metrics: probe/<name>/accuracy and probe/<name>/f1_macro."""
+    train: str = ""
+    """The labelled set the probe is fitted on: CSV, JSONL, Parquet or a saved HF dataset (local or URI)."""
+    eval: str = ""
+    """The labelled set it is scored on."""
+    text_field: str = "text"
+    pair_field: str | None = None
+    """The second text of a sentence pair (None: single texts)."""
+    label_field: str = "label"
+    """Class labels: strings or integers."""
+    every: int = 0
+    """Probe every this many steps and at the last; 0 = every train.eval_every steps (never when 0 too)."""
+    max_seq_length: int = 128
+    """Texts are cut to this many tokens (and to the model's positions)."""
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise InvalidSetting("name", f"must be a name without '/', got {self.name!r}")
+        if not self.train or not self.eval:
+            raise InvalidSetting(None, "a probe needs both train and eval (labelled sets)")
+        _check_non_negative(self, "every")
+        _check_positive(self, "max_seq_length")
+
+
+@dataclass
 class TrainConfig:
     global_batch_size: int = 32
     """Examples per optimizer step over all workers: a property of the run, whatever the worker count."""
@@ -95,10 +125,15 @@ class TrainConfig:
     """Seed of the model initialisation, the data order and the masks."""
     fail_at_step: int | None = None
     """Fault injection for tests: rank 1's process (rank 0's alone) is killed at this step, once per run."""
+    probes: list[ProbeConfig] = field(default_factory=list)
+    """Downstream probes scored during training (each a linear classifier on the frozen [CLS] vectors)."""
 
     def validate(self) -> None:
         if (self.max_steps is None) == (self.max_tokens is None):
             raise InvalidSetting(None, "set exactly one of max_steps and max_tokens")
+        names = [probe.name for probe in self.probes]
+        if len(set(names)) < len(names):
+            raise InvalidSetting("probes", f"must have different names, got {names}")
         _check_positive(self, "global_batch_size", "micro_batch_size", "max_steps", "max_tokens", "log_every")
         _check_non_negative(self, "eval_every")
 
@@ -383,7 +418,12 @@ def with_absolute_paths(config: JobConfig) -> JobConfig:
         tokenizer_dir=storage.absolute(config.data.tokenizer_dir) if config.data.tokenizer_dir else "",
         prepared_dir=storage.absolute(config.data.prepared_dir),
     )
-    return dataclasses.replace(config, checkpoint=checkpoint, data=data_paths)
+    probes = [
+        dataclasses.replace(probe, train=storage.absolute(probe.train), eval=storage.absolute(probe.eval))
+        for probe in config.train.probes
+    ]
+    train = dataclasses.replace(config.train, probes=probes)
+    return dataclasses.replace(config, checkpoint=checkpoint, data=data_paths, train=train)
 
 
 def config_from_dict(raw: dict[str, Any]) -> JobConfig:

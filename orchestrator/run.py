@@ -9,7 +9,7 @@ workers, and the data order's identity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import UserError
@@ -82,8 +82,9 @@ class RunPlan:
     """A preset's sizes or those of checkpoint.init_from, the data's vocabulary."""
     pad_token_id: int
     max_seq_length: int
-    data_order: dict[str, Any]
-    """What the order of the examples is made from (`data_order_identity`); a resume must keep all of it."""
+    data_order: dict[str, Any] = field(default_factory=dict)
+    """What the order of the examples is made from (`data_order_identity`); a resume must keep all of it
+    (empty for a run without a data stream to resume, as a fine-tuning run)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class Run:
     train_split: PreparedSplit
     eval_split: PreparedSplit | None
     """The held-out split when the run evaluates, else None."""
+    probes: tuple = ()
+    """The downstream probes' labelled sets, tokenized (`orchestrator.train.probes.ProbeData`)."""
 
     @property
     def order(self) -> EpochOrder:

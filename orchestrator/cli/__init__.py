@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "orchestrator.cli.train",
     "orchestrator.cli.tracking",
     "orchestrator.cli.inference",
+    "orchestrator.cli.finetune",
     "orchestrator.cli.jobs",
 )
 

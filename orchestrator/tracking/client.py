@@ -96,9 +96,9 @@ def find_or_create_run(config: MlflowConfig, run_dir: RunDir, tracking_uri: str)
     run = _resumable_run(client, run_dir.read_run_json().get(RUN_ID_KEY))
     if run is not None:
         return client, run, True
-    experiment_id = _experiment_id(client, config, tracking_uri)
+    experiment = experiment_id(client, config, tracking_uri)
     tags = {"git_commit": commit} if (commit := git_commit()) else {}
-    run = client.create_run(experiment_id, run_name=run_dir.name, tags=tags)
+    run = client.create_run(experiment, run_name=run_dir.name, tags=tags)
     run_dir.update_run_json(**{RUN_ID_KEY: run.info.run_id})
     return client, run, False
 
@@ -134,7 +134,7 @@ def _resumable_run(client, run_id: str | None):
         return None
 
 
-def _experiment_id(client, config: MlflowConfig, tracking_uri: str) -> str:
+def experiment_id(client, config: MlflowConfig, tracking_uri: str) -> str:
     """The id of the configured experiment, created when missing."""
     from mlflow.exceptions import MlflowException
 

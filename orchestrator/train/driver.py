@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,7 @@ from orchestrator.train.preflight import (
     check_sequence_length,
     ensure_prepared_data,
 )
+from orchestrator.train.probes import ProbeData, load_probes
 from orchestrator.train.resources import check_resources, ray_worker_count
 from orchestrator.train.worker import train_worker
 
@@ -117,7 +118,8 @@ def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.Use
     check_data_fits_model(config, manifest, model)
     if donor is not None:
         _say_missing_heads(donor, config.model.use_nsp)
-    run = build_run(config, run_dir, manifest, batch, model)
+    probes = load_probes(config, model.max_position_embeddings)
+    run = build_run(config, run_dir, manifest, batch, model, probes)
     check_resume_point(resume, run)
     print_resume_point(resume, run.plan.total_steps)
     resolved = config.to_dict()
@@ -156,10 +158,15 @@ def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.Use
 
 
 def build_run(
-    config: JobConfig, run_dir: RunDir, manifest: data.Manifest, batch: BatchPlan, model: BertConfig
+    config: JobConfig,
+    run_dir: RunDir,
+    manifest: data.Manifest,
+    batch: BatchPlan,
+    model: BertConfig,
+    probes: tuple[ProbeData, ...] = (),
 ) -> Run:
     """The run's splits (the manifest and tokenizer read once, here, for every rank) and its plan: steps,
-    epochs and sizes from the config, the prepared data and the model."""
+    epochs and sizes from the config, the prepared data and the model; the probes' sets as read."""
     train_split = data.load_split(config.data.prepared_dir, "train")
     evaluates = config.train.eval_every > 0 and manifest.counts["examples"].get("eval", 0) > 0
     eval_split = data.load_split(config.data.prepared_dir, "eval") if evaluates else None
@@ -183,7 +190,7 @@ def build_run(
         max_seq_length=manifest.settings.max_seq_length,
         data_order=data_order_identity(config, _manifest_hash(config.data.prepared_dir)),
     )
-    return Run(config, run_dir, plan, train_split, eval_split)
+    return Run(config, run_dir, plan, train_split, eval_split, probes)
 
 
 def fit(trainer: TorchTrainer, run_dir: RunDir) -> ray.train.Result:
@@ -218,11 +225,16 @@ def what_is_kept(run_dir: RunDir) -> str:
     return f"the checkpoint of step {resume.step} is kept in {run_dir}; run the same command to resume"
 
 
-def build_trainer(run: Run, callbacks: Sequence[ray.train.UserCallback]) -> TorchTrainer:
+def build_trainer(
+    run: Run, callbacks: Sequence[ray.train.UserCallback], loop: Callable[[dict], None] = train_worker
+) -> TorchTrainer:
     """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the run's
     splits and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build
     the iterators in the controller before that, and Ray's default split passes every block through one
-    coordinator actor)."""
+    coordinator actor).
+
+    `loop` is what every rank runs with {"run": run}; fine-tuning passes its own worker and run, which has
+    the same `config` (scaling, checkpoint) and `dir`."""
     scaling = run.config.scaling
     # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
     # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
@@ -231,7 +243,7 @@ def build_trainer(run: Run, callbacks: Sequence[ray.train.UserCallback]) -> Torc
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, f"{poll_s:g}")
     checkpoint = run.config.checkpoint
     return TorchTrainer(
-        train_worker,
+        loop,
         train_loop_config={"run": run},
         scaling_config=ray.train.ScalingConfig(
             num_workers=ray_worker_count(scaling, ray.cluster_resources()),

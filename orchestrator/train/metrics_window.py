@@ -93,4 +93,11 @@ def progress_line(metrics: dict[str, Any], total_steps: int) -> str:
         parts.append(
             f"eval_mlm_loss {metrics['eval/mlm_loss']:.4f}  eval_ppl {metrics['eval/perplexity']:.1f}"
         )
+    probes = [
+        f"probe {key.split('/')[1]} acc {value:.3f}"
+        for key, value in metrics.items()
+        if key.startswith("probe/") and key.endswith("/accuracy")
+    ]
+    if probes:
+        parts.append("  ".join(probes))
     return "  |  ".join(parts)

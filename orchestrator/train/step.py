@@ -38,6 +38,8 @@ STEP_SUMS = (
 class TrainStep:
     """`step(micro_batches)`: one optimizer step; returns this rank's sums as tensors (no sync).
 
+    Another objective (fine-tuning's classifier) overrides `normalizers` and `batch_sums`.
+
     `ddp_model` is the model wrapped for DDP (the model itself on one process); clipping, the optimizer and
     the schedule act on the unwrapped model's parameters."""
 
@@ -46,16 +48,24 @@ class TrainStep:
         self.ddp_model = ddp_model if ddp_model is not None else self.model
         self.max_grad_norm = max_grad_norm or math.inf  # inf: measure the norm without clipping
 
-    def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def normalizers(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The model's loss normalisers over the whole global batch: labelled tokens and examples of every
+        micro-step and rank."""
         device = micro_batches[0]["input_ids"].device
-        # Normalisers over the whole global batch: labelled tokens and examples of every micro-step and rank.
         labelled = sum((b["mlm_labels"] != IGNORE_INDEX).sum() for b in micro_batches)
         examples = torch.tensor(sum(b["input_ids"].shape[0] for b in micro_batches), device=device)
         totals = torch.stack([labelled, examples]).float()
         all_reduce_sum(totals)
-        normalizers = {"mlm_normalizer": totals[0], "nsp_normalizer": totals[1]}
+        return {"mlm_normalizer": totals[0], "nsp_normalizer": totals[1]}
 
-        sums = torch.zeros(len(STEP_SUMS), device=device)
+    def batch_sums(self, batch: dict[str, torch.Tensor], out) -> torch.Tensor:
+        """One micro-batch's sums to log (STEP_SUMS for pretraining), on the device."""
+        return _batch_sums(batch, out)
+
+    def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        device = micro_batches[0]["input_ids"].device
+        normalizers = self.normalizers(micro_batches)
+        sums = torch.zeros((), device=device)
         for index, batch in enumerate(micro_batches):
             is_last = index == len(micro_batches) - 1
             no_sync = getattr(self.ddp_model, "no_sync", None)
@@ -63,7 +73,7 @@ class TrainStep:
                 with autocast(device):  # the forward only: backward runs outside autocast
                     out = self.ddp_model(**batch, **normalizers)
                 (out.loss * world_size()).backward()  # DDP averages over ranks; x world size makes it the sum
-            sums += _batch_sums(batch, out)
+            sums = sums + self.batch_sums(batch, out)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
         learning_rate = self.scheduler.get_last_lr()[0]

@@ -3,8 +3,9 @@
 `Worker(run)` builds the rank's stream, model, optimizer and schedule, restores the run's newest intact
 checkpoint (or the initial weights), and wraps the model in DDP; `train()` then reads top to bottom: fetch the
 step's micro-batches, run the step, and report. Each component decides when it is due: the metrics window
-when to log, the evaluator when to evaluate, the checkpointer when to save. Every rank calls
-`ray.train.report` on the same steps; only rank 0 writes checkpoint files and console lines.
+when to log, the evaluator when to evaluate, the prober when to score the downstream probes, the checkpointer
+when to save. Every rank calls `ray.train.report` on the same steps; only rank 0 writes checkpoint files and
+console lines.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from orchestrator.train.evaluation import Evaluator
 from orchestrator.train.faults import FaultInjector
 from orchestrator.train.metrics_window import MetricsWindow, progress_line
 from orchestrator.train.optim import build_optimizer, build_scheduler
+from orchestrator.train.probes import Prober
 from orchestrator.train.step import TrainStep
 
 
@@ -89,6 +91,11 @@ class Worker:
                 run.eval_split, config.masking, config.train.seed, self.rank, self.world_size
             )
             self.evaluator = Evaluator(run, stream, collate, self.device)
+        self.prober = None
+        if run.probes:
+            self.prober = Prober(
+                run.probes, run.plan.total_steps, run.plan.batch.micro_batch_size, self.device, self.rank
+            )
         if self.rank == 0:
             say(f"Attention: {attention_path(self.model.config, self.device)}.")
 
@@ -132,7 +139,8 @@ class Worker:
         step = self.state.step
         log = self.metrics.due(step)
         evaluate = self.evaluator is not None and self.evaluator.due(step)
-        if not (log or evaluate or self.checkpointer.due(step)):
+        probe = self.prober is not None and self.prober.due(step)
+        if not (log or evaluate or probe or self.checkpointer.due(step)):
             return
         metrics: dict[str, Any] = {
             "step": step,
@@ -143,6 +151,8 @@ class Worker:
             metrics |= self.metrics.read() | {"optim/param_norm": _param_norm(self.model)}
         if evaluate:
             metrics |= self.evaluator.evaluate(self.model)
+        if probe:
+            metrics |= self.prober.probe(self.model.bert, step)
         if self.rank == 0:
             say(progress_line(metrics, self.run.plan.total_steps))
         self.checkpointer.report(metrics, self.state)
