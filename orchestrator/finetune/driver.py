@@ -127,12 +127,13 @@ def finetune(
     if tracker.link:
         say(f"MLflow run: {tracker.link}")
     tracker.log(tracker.run_id, params=_params(settings, warmup_steps, max_seq_length, data))
+    job = _job_config(settings, scaling, mlflow, total_steps, warmup_steps)
     per_seed: list[dict[str, Any]] = []
     predictions: dict[int, list] = {}
     try:
         for seed in range(settings.seeds):
             run = FinetuneRun(
-                config=_job_config(settings, scaling, mlflow, seed, total_steps, warmup_steps, out),
+                config=_for_seed(job, seed, out),
                 dir=out.seed(seed),
                 plan=plan,
                 epochs=settings.epochs,
@@ -230,12 +231,11 @@ def _job_config(
     settings: FinetuneSettings,
     scaling: ScalingConfig,
     mlflow: MlflowConfig,
-    seed: int,
     total_steps: int,
     warmup_steps: int,
-    out: FinetuneDir,
 ) -> JobConfig:
-    """The settings as train/'s config sections (what build_trainer, the optimizer and schedule read)."""
+    """The settings as train/'s config sections (what build_trainer, the optimizer and schedule read); each
+    seed's run takes its seed and folder from `_for_seed`."""
     return JobConfig(
         model=ModelConfig(dropout=settings.dropout if settings.dropout is not None else 0.1),
         train=TrainConfig(
@@ -243,15 +243,18 @@ def _job_config(
             micro_batch_size=settings.micro_batch_size or settings.batch_size,
             max_steps=total_steps,
             log_every=settings.log_every,
-            seed=seed,
         ),
         optim=OptimConfig(lr=settings.lr, weight_decay=settings.weight_decay, warmup_steps=warmup_steps),
         scaling=scaling,
-        checkpoint=CheckpointConfig(
-            storage_path=out.path, run_name=out.seed(seed).name, keep=1, max_failures=0
-        ),
+        checkpoint=CheckpointConfig(keep=1, max_failures=0),
         mlflow=mlflow,
     )
+
+
+def _for_seed(job: JobConfig, seed: int, out: FinetuneDir) -> JobConfig:
+    """The job of one seed: its seed, and its folder under `out` for its checkpoints."""
+    checkpoint = dataclasses.replace(job.checkpoint, storage_path=out.path, run_name=out.seed(seed).name)
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, seed=seed), checkpoint=checkpoint)
 
 
 def export_final(out: FinetuneDir, seed: int, tokenizer_dir: str) -> None:
