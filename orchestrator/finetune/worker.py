@@ -32,7 +32,6 @@ import torch.distributed as dist
 
 from common.batch import IGNORE_INDEX
 from common.console import say
-from common.ray_internals import quiet_ray_console
 from data import batch_slices
 from model import BertForSequenceClassification
 from orchestrator.finetune.metrics import PRIMARY, scores
@@ -41,6 +40,7 @@ from orchestrator.run import plan_batches
 from orchestrator.train.checkpoints import Trainables
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.step import TrainStep, all_reduce_sum, autocast, world_size
+from orchestrator.train.worker import worker_placement
 
 STEP_SUMS = ("loss", "correct", "examples")
 
@@ -74,14 +74,9 @@ def _counted(labels: torch.Tensor) -> torch.Tensor:
 
 class FinetuneWorker:
     def __init__(self, run: FinetuneRun):
-        quiet_ray_console()
         self.run = run
         config = run.config
-        context = ray.train.get_context()
-        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-        self.device = ray.train.torch.get_device()
-        if self.device.type == "cpu":
-            torch.set_num_threads(config.scaling.threads_per_worker)
+        self.rank, self.world_size, self.device = worker_placement(config.scaling)
         self.data = ray.get(run.data)
         torch.manual_seed(config.train.seed)  # the same head initialisation on every rank
         self.model = BertForSequenceClassification(run.plan.model, self.data.num_labels)

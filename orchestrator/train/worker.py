@@ -23,6 +23,7 @@ from common.console import say
 from common.ray_internals import quiet_ray_console
 from data import make_collate_fn, rank_eval_stream
 from model import BertForPreTraining, attention_path, compile_model
+from orchestrator.config import ScalingConfig
 from orchestrator.run import Run, plan_batches
 from orchestrator.train.batches import start_train_stream, step_batches
 from orchestrator.train.checkpointer import Checkpointer
@@ -47,16 +48,22 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     Worker(loop_config["run"]).train()
 
 
+def worker_placement(scaling: ScalingConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this Ray Train worker, its torch threads set and Ray's per-report lines
+    kept off the console: what every worker loop does first."""
+    quiet_ray_console()
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(scaling.threads_per_worker)
+    return context.get_world_rank(), context.get_world_size(), device
+
+
 class Worker:
     def __init__(self, run: Run):
-        quiet_ray_console()
         self.run = run
         config = run.config
-        context = ray.train.get_context()
-        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-        self.device = ray.train.torch.get_device()
-        if self.device.type == "cpu":
-            torch.set_num_threads(config.scaling.threads_per_worker)
+        self.rank, self.world_size, self.device = worker_placement(config.scaling)
         torch.manual_seed(config.train.seed)  # the same initial weights on every rank
 
         # The run directory is the record of checkpoints, not Ray Train's list (see orchestrator.run_dir).
