@@ -3,6 +3,8 @@ metrics only with NSP on; and the console's progress line."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -114,3 +116,33 @@ def test_the_console_gets_one_short_progress_line_per_report():
     assert progress_line({"step": 8, "eval/mlm_loss": 2.0, "eval/perplexity": 7.389}, 10) == (
         "step 8/10  |  eval_mlm_loss 2.0000  eval_ppl 7.4"
     )
+
+
+def test_a_step_over_micro_batches_makes_the_update_of_one_big_batch():
+    """Gradient accumulation without Ray: two micro-batches of unequal lengths and labels (each padded to
+    its own longest) give the weights that one step over the whole batch gives."""
+    torch.manual_seed(0)
+    config = BertConfig.from_preset("tiny", vocab_size=64, num_hidden_layers=1, hidden_dropout_prob=0.0)
+    config = dataclasses.replace(config, attention_probs_dropout_prob=0.0)
+    whole = padded_batch([16, 4, 9, 12], 16)
+    whole["mlm_labels"][0, 2:6] = whole["input_ids"][0, 2:6]  # a row with more labels than the others
+    parts = [
+        {name: value[:1] for name, value in whole.items()},
+        {name: value[1:] for name, value in whole.items()},
+    ]
+    parts = [
+        {**p, **{k: p[k][:, : int(p["attention_mask"].sum(1).max())] for k in SEQUENCE_FIELDS}} for p in parts
+    ]
+    job = JobConfig()
+    weights = {}
+    for name, micro_batches in (("one batch", [whole]), ("micro-batches", parts)):
+        torch.manual_seed(1)
+        model = BertForPreTraining(config)
+        optimizer = build_optimizer(model, job.optim)
+        scheduler = build_scheduler(optimizer, job.optim, total_steps=10)
+        TrainStep(Trainables(model, optimizer, scheduler), job.optim.max_grad_norm)(micro_batches)
+        weights[name] = model.state_dict()
+    torch.testing.assert_close(weights["micro-batches"], weights["one batch"], rtol=1e-5, atol=1e-6)
+
+
+SEQUENCE_FIELDS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels")
