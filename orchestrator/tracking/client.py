@@ -17,7 +17,7 @@ from common.redact import redact, redact_text
 from orchestrator.config import MlflowConfig
 from orchestrator.run_dir import RunDir
 from orchestrator.tracking.names import MODEL_TRAINING_VIEW
-from orchestrator.tracking.tags import git_commit
+from orchestrator.tracking.tags import source_tags
 
 
 @dataclass(frozen=True)
@@ -87,16 +87,17 @@ def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 def find_or_create_run(config: MlflowConfig, run_dir: RunDir, tracking_uri: str):
     """(client, run, resumed): the run recorded in run.json when this store has it, else a new one named as
-    the run directory (its id then stored in run.json)."""
+    the run directory (its id then stored in run.json); either way with the source tags of this start."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     run = _resumable_run(client, run_dir.read_run_json().get(RUN_ID_KEY))
     if run is not None:
+        for key, value in source_tags().items():  # the code of this start
+            client.set_tag(run.info.run_id, key, value)
         return client, run, True
     experiment_id = _experiment_id(client, config, tracking_uri)
-    tags = {"git_commit": commit} if (commit := git_commit()) else {}
-    run = client.create_run(experiment_id, run_name=run_dir.name, tags=tags)
+    run = client.create_run(experiment_id, run_name=run_dir.name, tags=source_tags())
     run_dir.update_run_json(**{RUN_ID_KEY: run.info.run_id})
     return client, run, False
 

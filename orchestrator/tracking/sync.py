@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from common import storage
 from common.errors import UserError
 from common.redact import REDACTED
-from data.manifest import MANIFEST_FILE
+from data.manifest import MANIFEST_FILE, load_manifest
 from orchestrator.config import config_from_dict
 from orchestrator.run_dir import RunDir
 from orchestrator.tracking.client import (
@@ -18,12 +18,14 @@ from orchestrator.tracking.client import (
     resolve_tracking_uri,
     store_error,
 )
+from orchestrator.tracking.dataset import log_dataset, prepared_dataset
 from orchestrator.tracking.run import RunTracker
 from orchestrator.tracking.unsent import forget_unsent, load_unsent, save_reports, send_unsent
 
 
 def sync_run(run_dir: RunDir, tracking_uri: str = "", reports: Sequence[dict] = ()) -> tuple[int, str]:
-    """Send what `run_dir` keeps unsent (metrics, tags, the final model, the end status), and the metrics of
+    """Send what `run_dir` keeps unsent (metrics, tags, the final model, the end status) and the dataset
+    input (the run's prepared data, when it is there), and the metrics of
     `reports` (those of the run's newest checkpoint) that the MLflow run lacks, creating the run when no
     start reached the server; return the number of metrics sent and the run's link ("" when there was
     nothing to send). The tracking store is the one in run.json's config unless `tracking_uri` is given."""
@@ -50,12 +52,17 @@ def sync_run(run_dir: RunDir, tracking_uri: str = "", reports: Sequence[dict] = 
             config, run_dir, MlflowRun(resolved_uri, run.info.run_id, run.info.experiment_id)
         )
         tracker.send_config(saved["config"])
+        manifest = storage.join(job.data.prepared_dir, MANIFEST_FILE)
+        if storage.is_file(manifest):
+            dataset = prepared_dataset(job.data.prepared_dir, load_manifest(job.data.prepared_dir))
+            log_dataset(client, tracker.run_id, dataset)
         sent = send_unsent(client, tracker.run_id, unsent)
         if unsent.final_model:
-            manifest = storage.join(job.data.prepared_dir, MANIFEST_FILE)
             with storage.local_input(run_dir.final) as final_dir:
                 tracker.send_final(
-                    final_dir, {"data_manifest": manifest} if storage.is_file(manifest) else {}
+                    final_dir,
+                    {"data_manifest": manifest} if storage.is_file(manifest) else {},
+                    saved.get("plan", {}).get("total_steps", 0),
                 )
         if unsent.end_status:
             client.set_terminated(tracker.run_id, unsent.end_status)

@@ -11,7 +11,6 @@ resumes it from its newest complete and intact checkpoint, which this driver nam
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -36,7 +35,9 @@ from model import BertConfig
 from orchestrator.config import JobConfig, with_absolute_paths
 from orchestrator.run import BatchPlan, Run, RunPlan, epoch_order, plan_batches
 from orchestrator.run_dir import RunDir
+from orchestrator.tracking.dataset import manifest_hash
 from orchestrator.tracking.run import RunTracker
+from orchestrator.tracking.system_metrics import SystemMetricsTarget
 from orchestrator.tracking.tags import ray_job_tags
 from orchestrator.train.checkpoints import (
     ResumePoint,
@@ -114,7 +115,9 @@ def train(config: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -
     try:
         tracker.log_config(resolved)
         tracker.set_tags(_run_tags(config, manifest, donor))
-        trainer = build_trainer(run, [tracker.callback(), StopOnUserError(), *callbacks])
+        tracker.log_dataset(config.data.prepared_dir, manifest)
+        callbacks = [tracker.callback(), StopOnUserError(), *callbacks]
+        trainer = build_trainer(run, callbacks, tracker.system_metrics_target())
         result = fit(trainer, run_dir)
         last = find_resume_checkpoint(run_dir)
         with (
@@ -123,7 +126,7 @@ def train(config: JobConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -
             storage.local_input(storage.join(config.data.prepared_dir, MANIFEST_FILE)) as manifest_file,
         ):
             export_final(Path(checkpoint_dir), config.data.tokenizer_dir, Path(local_final))
-            tracker.log_final(local_final, {"data_manifest": manifest_file})
+            tracker.log_final(local_final, {"data_manifest": manifest_file}, last.step)
         tracker.set_tags({"checkpoint_uri": last.path})
         run_dir.update_run_json(final_dir=run_dir.final)
         prune_checkpoints(run_dir, config.checkpoint.keep)
@@ -201,11 +204,15 @@ def what_is_kept(run_dir: RunDir) -> str:
     return f"the checkpoint of step {resume.step} is kept in {run_dir}; run the same command to resume"
 
 
-def build_trainer(run: Run, callbacks: Sequence[ray.train.UserCallback]) -> TorchTrainer:
+def build_trainer(
+    run: Run,
+    callbacks: Sequence[ray.train.UserCallback],
+    system_metrics: SystemMetricsTarget | None = None,
+) -> TorchTrainer:
     """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the run's
     splits and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build
     the iterators in the controller before that, and Ray's default split passes every block through one
-    coordinator actor)."""
+    coordinator actor). `system_metrics`: where each node's first worker sends its node's system metrics."""
     scaling = run.config.scaling
     # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
     # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
@@ -215,7 +222,7 @@ def build_trainer(run: Run, callbacks: Sequence[ray.train.UserCallback]) -> Torc
     checkpoint = run.config.checkpoint
     return TorchTrainer(
         train_worker,
-        train_loop_config={"run": run},
+        train_loop_config={"run": run, "system_metrics": system_metrics},
         scaling_config=ray.train.ScalingConfig(
             num_workers=ray_worker_count(scaling, ray.cluster_resources()),
             use_gpu=scaling.use_gpu,
@@ -243,7 +250,7 @@ def _run_tags(job: JobConfig, manifest: data.Manifest, donor: Donor | None) -> d
         "num_workers": job.scaling.describe_workers(),
         "cluster_resources": json.dumps(ray.cluster_resources()),
         "tokenizer_hash": manifest.tokenizer_hash,
-        "data_manifest_hash": _manifest_hash(job.data.prepared_dir),
+        "data_manifest_hash": manifest_hash(job.data.prepared_dir),
     }
 
 
@@ -256,7 +263,3 @@ def _say_missing_heads(donor: Donor, use_nsp: bool) -> None:
             "it starts from BERT's initialisation"
         )
 
-
-def _manifest_hash(prepared_dir: str) -> str:
-    manifest = storage.read_text(storage.join(prepared_dir, MANIFEST_FILE))
-    return hashlib.sha256(manifest.encode()).hexdigest()[:16]
