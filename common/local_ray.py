@@ -8,19 +8,33 @@ Ray takes 127.0.0.1 as the node's address instead; a local start here makes that
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 
 def init_ray(**kwargs: Any) -> None:
     """Connect this process to Ray once, as `ray.init(**kwargs)` does: to the cluster that RAY_ADDRESS (or
     `address`) names, or that `ray start` runs on this machine; else to a new local Ray on 127.0.0.1.
-    `address="local"` always starts a new one."""
+    `address="local"` always starts a new one.
+
+    The console gets no start-up lines a person need not act on: Ray's INFO lines in this process ("Started
+    a local Ray instance", "Connecting to existing Ray cluster") are off unless `logging_level` says
+    otherwise, a local Ray takes token authentication (Ray's default for it) without the warning that says
+    so, and the workers' lines come without Ray's `(RayTrainWorker pid=...)` prefix and its colour codes."""
     import ray
 
-    from common.ray_internals import names_a_cluster, single_machine_mode
+    from common.ray_internals import (
+        names_a_cluster,
+        quiet_token_auth_notice,
+        single_machine_mode,
+        worker_lines_without_prefix,
+    )
 
     if ray.is_initialized():
         return
+    kwargs.setdefault("logging_level", logging.WARNING)
+    quiet_token_auth_notice()
+    worker_lines_without_prefix()
     if names_a_cluster(kwargs.get("address")):
         ray.init(**kwargs)
         return

@@ -16,7 +16,7 @@ from common.errors import UserError
 from common.redact import redact, redact_text
 from orchestrator.config import MlflowConfig
 from orchestrator.run_dir import RunDir
-from orchestrator.tracking.names import MODEL_TRAINING_VIEW
+from orchestrator.tracking.names import MODEL_TRAINING_VIEW, UI_HOST, UI_PORT
 from orchestrator.tracking.tags import source_tags
 
 
@@ -78,11 +78,16 @@ def default_artifact_location(tracking_uri: str) -> str | None:
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where to see a run: a browser link for a tracking server, else the store and how to open it."""
+    """Where to see a run: its page in the tracking server's UI, in the model-training view; for a store
+    (SQLite, a database), its page in the UI that `bert-pretrain ui` serves, and the command to start it
+    (with the store named, unless it is the one `bert-pretrain ui` opens from this folder by default)."""
     uri = redact(tracking_uri)
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
-    return f"run {run_id} in {uri} (open it with `bert-pretrain ui --backend-store-uri {uri}`)"
+        return f"{uri.rstrip('/')}/{page}"
+    default_store = resolve_tracking_uri(MlflowConfig(tracking_uri=""))
+    command = "bert-pretrain ui" + ("" if uri == default_store else f" --backend-store-uri {uri}")
+    return f"http://{UI_HOST}:{UI_PORT}/{page}  (start the UI with: {command})"
 
 
 def find_or_create_run(config: MlflowConfig, run_dir: RunDir, tracking_uri: str):

@@ -11,15 +11,14 @@ and the run goes on under the new names; the old metrics stay as they were.
 
 from __future__ import annotations
 
-from mlflow.entities import Metric
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH
-
 # MLflow 3's UI opens an experiment in the view its kind tag names; without one it guesses (GenAI, for ours).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 # MLflow 3.17's UI takes the view from this query parameter of its address instead (else from the browser's
 # last choice, GenAI at first): links to it carry the parameter.
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+# Where `bert-pretrain ui` serves the UI by default.
+UI_HOST, UI_PORT = "127.0.0.1", 5000
 
 # The flat names of runs logged before the sections -> the names the training loop logs now.
 RENAMED_METRICS = {
@@ -54,6 +53,9 @@ def mark_model_training(client, experiment_id: str) -> None:
 def carry_over_renamed_metrics(client, run) -> dict[str, int]:
     """The last logged step of each metric of `run`, after copying each old-named metric's history under
     its new name (the steps missing there), so that a resumed run logs no step of the new names twice."""
+    from mlflow.entities import Metric
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
     steps = {metric.key: metric.step for metric in run.data.to_proto().metrics}
     for old, new in RENAMED_METRICS.items():
         if old not in steps:

@@ -210,7 +210,8 @@ def test_a_stopped_run_keeps_its_checkpoints_and_resumes_to_success_when_submitt
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Job jobs-debug SUCCEEDED" in again.stdout
     assert f"Trained {last_step + 10} steps" in again.stdout
-    assert f"MLflow run: run {first_run_id}" in again.stdout
+    run_page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{first_run_id}?"
+    assert f"MLflow run: {run_page}" in again.stdout
     client, run = mlflow_run(shared, "jobs-debug")
     assert run.info.run_id == first_run_id
     assert run.info.status == "FINISHED"
