@@ -216,7 +216,7 @@ def test_a_stopped_run_keeps_its_checkpoints_and_resumes_to_success_when_submitt
     assert run.info.run_id == first_run_id
     assert run.info.status == "FINISHED"
     assert run.data.tags["ray_submission_id"] == "jobs-debug"
-    steps = sorted(metric.step for metric in client.get_metric_history(first_run_id, "train/loss"))
+    steps = sorted(metric.step for metric in client.get_metric_history(first_run_id, "1-train/loss"))
     # log_every 5; every step once across the two jobs (those the stop kept from MLflow sent by the second)
     assert steps == list(range(5, last_step + 11, 5))
 

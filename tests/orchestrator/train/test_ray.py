@@ -153,7 +153,7 @@ def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(restarted_run, 
         step: m["train/loss"]
         for step, m in losses_by_step(restarted_run["first"] + restarted_run["again"]).items()
     }
-    history = client.get_metric_history(run_id, "train/loss")
+    history = client.get_metric_history(run_id, "1-train/loss")
     assert sorted(metric.step for metric in history) == list(range(1, STEPS + 1))  # each once
     assert all(metric.value == pytest.approx(reported[metric.step]) for metric in history)
     assert run.data.tags["checkpoint_uri"].endswith(f"checkpoint_{STEPS:09d}")
