@@ -9,7 +9,8 @@ the dashboard show them; the id tells apart Ray nodes that share an address.
 
 It samples every `mlflow.system_metrics_interval_s` (10 s by default) in a thread of its own, which alone
 talks to the tracking server: training never waits for it, nor for a server that does not answer (its calls
-are bounded, and a monitor that cannot reach the run stops). `mlflow.log_system_metrics=false` turns it off.
+are bounded, and a monitor that cannot reach the run stops, quietly: the node's metrics are not kept for a
+later sync). `mlflow.log_system_metrics=false` turns it off.
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ class NodeMonitor:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         bound_mlflow_calls(self.target.flush_timeout_s)
-        # MLflow says at INFO that it starts and stops, and at WARNING that a machine without NVIDIA GPUs has
-        # no GPU metrics: neither is for the console.
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+        # MLflow says at INFO that it starts and stops, at WARNING that a machine without NVIDIA GPUs has no
+        # GPU metrics, and that it stops when the tracking server does not answer (with the server's address,
+        # credentials included): none of it is for the console or the logs.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
         monitor = SystemMetricsMonitor(
             self.target.run_id,
             sampling_interval=self.target.interval_s,
