@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
+
 MODEL_NAME = "model"
 EXPERIMENT_ID_ENV = "MLFLOW_EXPERIMENT_ID"
 TASK = "fill-mask"
@@ -41,6 +43,10 @@ QUIET_LOGGERS = (
 def fill_mask_pipeline(final_dir: str | Path):
     """The transformers fill-mask pipeline of a final/ folder (BertForMaskedLM: the NSP head is left out)."""
     import transformers
+
+    # transformers 5 makes a tokenizer of the special tokens alone from a folder without tokenizer files.
+    if not any((Path(final_dir) / name).is_file() for name in (TOKENIZER_FILE, VOCAB_FILE)):
+        raise FileNotFoundError(f"{final_dir} has no tokenizer ({TOKENIZER_FILE} or {VOCAB_FILE})")
 
     model = transformers.AutoModelForMaskedLM.from_pretrained(str(final_dir))
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(final_dir))

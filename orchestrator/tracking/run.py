@@ -183,6 +183,8 @@ class RunTracker:
         and each of `artifacts` (name -> file or folder, e.g. {"data_manifest": ".../manifest.json"}) under
         its name; register the model when `registered_model_name` is set. A failure is a warning, not an
         error: the model is on disk, and an offline tracker records it for a later sync."""
+        from mlflow.exceptions import MlflowException
+
         if not self.config.enabled:
             return
         if self.run_id:
@@ -190,8 +192,10 @@ class RunTracker:
                 self.send_final(final_dir, artifacts, step)
                 return
             except Exception as error:
-                if is_client_error(error):
-                    warn(f"MLflow: could not log the final model (it is in {final_dir}): {error}")
+                # Refused by the store, or not MLflow's error at all (building the pipeline): not an outage.
+                if is_client_error(error) or not isinstance(error, MlflowException):
+                    message = redact_text(str(error))
+                    warn(f"MLflow: could not log the final model (it is in {final_dir}): {message}")
                     return
                 self._go_offline(error)
         save_unsent(self.run_dir, Unsent(final_model=True))

@@ -5,6 +5,7 @@ tags, and a node's system metrics."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -17,6 +18,7 @@ from mlflow import MlflowClient
 from data.config import PrepareConfig, TokenizerConfig
 from data.manifest import MANIFEST_FILE, Manifest
 from data.tokenizer import train_tokenizer
+from model import BertConfig, BertForPreTraining
 from orchestrator.config import MlflowConfig
 from orchestrator.inference.loading import load_model
 from orchestrator.inference.predict import fill_mask
@@ -25,6 +27,7 @@ from orchestrator.tracking.dataset import TRAINING_CONTEXT, manifest_hash
 from orchestrator.tracking.model import TASK
 from orchestrator.tracking.run import MODEL_URI_TAG, REGISTERED_TAG, RunTracker
 from orchestrator.tracking.system_metrics import NodeMonitor, SystemMetricsTarget
+from orchestrator.tracking.unsent import Unsent, load_unsent
 from tests.orchestrator.conftest import SUBJECTS, save_random_model, write_corpus
 from tests.orchestrator.tracking_helpers import MlflowServer
 
@@ -197,3 +200,17 @@ def test_logging_the_model_leaves_the_process_tracking_settings_as_they_were(
     run = client.get_run(tracker.run_id)
     (output,) = run.outputs.model_outputs
     assert client.get_logged_model(output.model_id).experiment_id == run.info.experiment_id
+
+
+def test_a_final_folder_that_is_no_pipeline_is_a_warning_not_an_outage(tmp_path, sqlite_config, caplog):
+    final = tmp_path / "final"
+    BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=64)).save_hf(final)  # no tokenizer
+    tracker = RunTracker.open(sqlite_config, RunDir.at(tmp_path / "run"))
+    with caplog.at_level(logging.WARNING):
+        tracker.log_final(final, {})
+    assert not tracker.offline
+    tracker.end("FINISHED")
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "bert_pretrain"]
+    assert warning.startswith(f"MLflow: could not log the final model (it is in {final})")
+    assert MlflowClient(tracker.tracking_uri).get_run(tracker.run_id).info.status == "FINISHED"
+    assert load_unsent(RunDir.at(tmp_path / "run")) == (Unsent(), [])
