@@ -27,8 +27,8 @@ from common import storage
 from common.console import say
 from common.errors import UserError
 from orchestrator.config import JobConfig
+from orchestrator.run import plan_batches
 from orchestrator.tracking.client import resolve_tracking_uri, run_link
-from orchestrator.train.resources import plan_batches
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # where `ray dashboard cluster.yaml` forwards the head's dashboard
 CONNECT_TIMEOUT_S = 10.0
