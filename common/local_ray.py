@@ -8,8 +8,15 @@ Ray takes 127.0.0.1 as the node's address instead; a local start here makes that
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+from collections.abc import Iterator
 from typing import Any
+
+GCS_PORT_ENV_VAR = "RAY_GCS_SERVER_PORT"
+RAY_ADDRESS_ENV_VAR = "RAY_ADDRESS"
 
 
 def init_ray(**kwargs: Any) -> None:
@@ -38,5 +45,35 @@ def init_ray(**kwargs: Any) -> None:
     if names_a_cluster(kwargs.get("address")):
         ray.init(**kwargs)
         return
-    with single_machine_mode():
+    with single_machine_mode(), _gcs_port() as port:
+        if kwargs.get("include_dashboard") is not False:
+            kwargs["runtime_env"] = _with_address(kwargs.get("runtime_env"), f"127.0.0.1:{port}")
         ray.init(**{**kwargs, "address": "local"})
+
+
+@contextlib.contextmanager
+def _gcs_port() -> Iterator[int]:
+    """A free port for the new Ray's GCS (Ray's RAY_GCS_SERVER_PORT, set while Ray starts), so that its
+    address is known before it starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    saved = os.environ.get(GCS_PORT_ENV_VAR)
+    os.environ[GCS_PORT_ENV_VAR] = str(port)
+    try:
+        yield port
+    finally:
+        if saved is None:
+            os.environ.pop(GCS_PORT_ENV_VAR, None)
+        else:
+            os.environ[GCS_PORT_ENV_VAR] = saved
+
+
+def _with_address(runtime_env: dict | None, address: str) -> dict:
+    """The job's runtime environment with RAY_ADDRESS naming this Ray for its workers. Ray Train's placement
+    group cleaner asks the State API about the controller, and without an address it looks for the Ray of
+    this machine: when another Ray runs here (a second training, a test session) it finds two and its thread
+    dies with a traceback on the console."""
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = {RAY_ADDRESS_ENV_VAR: address, **runtime_env.get("env_vars", {})}
+    return runtime_env

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from common import storage
 from data import (
     DataError,
     PrepareConfig,
@@ -22,7 +23,6 @@ from data import (
     load_manifest,
     load_tokenizer,
     prepare,
-    storage,
     tokenizer_hash,
 )
 from data.hashing import stream_key
