@@ -3,7 +3,8 @@
 - Ray Train's controller callbacks and its restarting state: the public `UserCallback` has no hook at the end
   of a run nor before a restart (the metric sender flushes at the end; a worker's user error stops the run).
 - Ray Train's environment switches: its controller's poll interval and its preemption watcher.
-- Ray's logging: Ray Train's per-report INFO lines and Ray Data's stream notices kept off the console.
+- Ray's logging: Ray Train's per-report INFO lines and Ray Data's stream notices kept off the console; the
+  workers' lines printed by the driver without Ray's `(name pid=...)` prefix.
 - Ray's own switch for single-machine use, and its address lookup (the local Ray on 127.0.0.1).
 - Ray's driver SIGTERM handler (`sys.exit(15)`), which `ray.init` would put in place of ours.
 """
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 
 import ray._private.utils
 from ray._private import ray_constants, services
+from ray._private.authentication import authentication_token_setup
 from ray.data._internal.logging import SessionFileHandler
 from ray.train.v2._internal.constants import (
     ENABLE_PREEMPTION_WATCHER_ENV_VAR,
@@ -32,6 +34,8 @@ __all__ = [
     "ReportCallback",
     "RestartingState",
     "quiet_ray_console",
+    "quiet_token_auth_notice",
+    "worker_lines_without_prefix",
     "names_a_cluster",
     "single_machine_mode",
     "sigterm_handler_kept",
@@ -45,6 +49,19 @@ def quiet_ray_console() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, SessionFileHandler):
             handler.setLevel(logging.ERROR)
+
+
+def quiet_token_auth_notice() -> None:
+    """A new local Ray turns token authentication on (Ray's default) and says so at WARNING, with how to opt
+    out: nothing to act on. The notice's logger keeps ERROR (an error about a missing token still shows)."""
+    logging.getLogger(authentication_token_setup.__name__).setLevel(logging.ERROR)
+
+
+def worker_lines_without_prefix() -> None:
+    """Before `ray.init`: the driver prints its workers' lines as they are, without the `(RayTrainWorker
+    pid=1234)` prefix and the colour codes around it (Ray's RAY_DISABLE_WORKER_LOG_PREFIX, read when Ray is
+    imported, set here after the fact). Only rank 0 writes the progress lines, so the prefix says nothing."""
+    ray_constants.RAY_DISABLE_WORKER_LOG_PREFIX = True
 
 
 def names_a_cluster(address: str | None) -> bool:

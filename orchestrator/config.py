@@ -242,8 +242,11 @@ class MlflowConfig:
     default."""
     experiment_name: str = "bert-pretrain"
     """The MLflow experiment the run belongs to (created when missing)."""
-    log_system_metrics: bool = False
-    """Also log CPU, memory and GPU use of the driver's machine (MLflow system metrics, `system/...`)."""
+    log_system_metrics: bool = True
+    """Log the CPU, memory, disk, network and per-GPU use of every node that holds a worker (MLflow system
+    metrics, `system/<node>/...`); false turns them off."""
+    system_metrics_interval_s: float = 10.0
+    """How often each node samples and sends its system metrics (at least 1 s)."""
     registered_model_name: str = ""
     """Register the final model in the MLflow Model Registry under this name; "" -> not registered."""
     max_buffered_metrics: int = 100_000
@@ -252,6 +255,10 @@ class MlflowConfig:
     flush_timeout_s: float = 60.0
     """How long the end of training waits for buffered metrics to reach the tracking server (and the most
     any one call to it may take, up to 10 s)."""
+
+    def validate(self) -> None:
+        if (interval := self.system_metrics_interval_s) < 1:
+            raise InvalidSetting("system_metrics_interval_s", f"must be at least 1 (seconds), got {interval}")
 
 
 @dataclass

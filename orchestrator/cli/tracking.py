@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from common.console import say
+from orchestrator.tracking.names import UI_HOST, UI_PORT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start the MLflow UI over the embedded tracking store (./mlflow.db and ./mlartifacts, "
         "where `bert-pretrain train` records runs by default) and print its address. Ctrl-C stops it.",
     )
-    ui.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
-    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=UI_PORT, help=f"port to listen on (default: {UI_PORT})")
+    ui.add_argument("--host", default=UI_HOST, help=f"address to listen on (default: {UI_HOST})")
     ui.add_argument(
         "--backend-store-uri",
         default="",

@@ -16,8 +16,8 @@ from common.errors import UserError
 from common.redact import redact, redact_text
 from orchestrator.config import MlflowConfig
 from orchestrator.run_dir import RunDir
-from orchestrator.tracking.names import MODEL_TRAINING_VIEW
-from orchestrator.tracking.tags import git_commit
+from orchestrator.tracking.names import MODEL_TRAINING_VIEW, UI_HOST, UI_PORT
+from orchestrator.tracking.tags import source_tags
 
 
 @dataclass(frozen=True)
@@ -80,25 +80,31 @@ def default_artifact_location(tracking_uri: str) -> str | None:
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where to see a run: a browser link for a tracking server, else the store and how to open it."""
+    """Where to see a run: its page in the tracking server's UI, in the model-training view; for a store
+    (SQLite, a database), its page in the UI that `bert-pretrain ui` serves, and the command to start it
+    (with the store named, unless it is the one `bert-pretrain ui` opens from this folder by default)."""
     uri = redact(tracking_uri)
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
-    return f"run {run_id} in {uri} (open it with `bert-pretrain ui --backend-store-uri {uri}`)"
+        return f"{uri.rstrip('/')}/{page}"
+    default_store = resolve_tracking_uri(MlflowConfig(tracking_uri=""))
+    command = "bert-pretrain ui" + ("" if uri == default_store else f" --backend-store-uri {uri}")
+    return f"http://{UI_HOST}:{UI_PORT}/{page}  (start the UI with: {command})"
 
 
 def find_or_create_run(config: MlflowConfig, run_dir: RunDir, tracking_uri: str):
     """(client, run, resumed): the run recorded in run.json when this store has it, else a new one named as
-    the run directory (its id then stored in run.json)."""
+    the run directory (its id then stored in run.json); either way with the source tags of this start."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     run = _resumable_run(client, run_dir.read_run_json().get(RUN_ID_KEY))
     if run is not None:
+        for key, value in source_tags().items():  # the code of this start
+            client.set_tag(run.info.run_id, key, value)
         return client, run, True
     experiment = experiment_id(client, config, tracking_uri)
-    tags = {"git_commit": commit} if (commit := git_commit()) else {}
-    run = client.create_run(experiment, run_name=run_dir.name, tags=tags)
+    run = client.create_run(experiment, run_name=run_dir.name, tags=source_tags())
     run_dir.update_run_json(**{RUN_ID_KEY: run.info.run_id})
     return client, run, False
 

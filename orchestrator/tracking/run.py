@@ -32,9 +32,12 @@ from orchestrator.tracking.client import (
     run_link,
     store_error,
 )
+from orchestrator.tracking.dataset import log_dataset, prepared_dataset
 from orchestrator.tracking.metrics import MetricsCallback
+from orchestrator.tracking.model import log_fill_mask_model
 from orchestrator.tracking.names import carry_over_renamed_metrics, mark_model_training
 from orchestrator.tracking.params import config_to_params
+from orchestrator.tracking.system_metrics import SystemMetricsTarget
 from orchestrator.tracking.unsent import (
     Unsent,
     forget_unsent,
@@ -45,6 +48,8 @@ from orchestrator.tracking.unsent import (
 )
 
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+MODEL_URI_TAG = "model_uri"  # models:/<model id> of the final model
+REGISTERED_TAG = "registered_model"  # name/version of its registered version
 
 
 class RunTracker:
@@ -58,7 +63,6 @@ class RunTracker:
         self.tracking_uri = self.mlflow_run.tracking_uri
         self.run_id = self.mlflow_run.run_id
         self._ended = not config.enabled
-        self._system_metrics = None
         if self.run_id:
             from mlflow import MlflowClient
 
@@ -102,10 +106,7 @@ class RunTracker:
         mlflow_run = MlflowRun(
             tracking_uri, run.info.run_id, run.info.experiment_id, resumed, finished, last_logged_steps
         )
-        tracker = cls(config, run_dir, mlflow_run)
-        if config.log_system_metrics:
-            tracker._start_system_metrics()
-        return tracker
+        return cls(config, run_dir, mlflow_run)
 
     @property
     def offline(self) -> bool:
@@ -147,6 +148,25 @@ class RunTracker:
                 self._go_offline(error)
         save_unsent(self.run_dir, Unsent(tags=values))
 
+    def log_dataset(self, prepared_dir: str, manifest) -> None:
+        """Log the prepared data as the run's dataset input (`orchestrator.tracking.dataset`). Offline,
+        nothing: a sync logs it."""
+        if not self.run_id:
+            return
+        try:
+            log_dataset(self._client, self.run_id, prepared_dataset(prepared_dir, manifest))
+        except Exception as error:
+            self._go_offline(error)
+
+    def system_metrics_target(self) -> SystemMetricsTarget | None:
+        """Where each node's system metrics go (`orchestrator.tracking.system_metrics`); None when they are
+        off or the tracker is offline."""
+        if not (self.run_id and self.config.log_system_metrics):
+            return None
+        return SystemMetricsTarget(
+            self.tracking_uri, self.run_id, self.config.system_metrics_interval_s, self.config.flush_timeout_s
+        )
+
     def callback(self):
         """The Ray Train callback (for `RunConfig(callbacks=[...])`) that logs the workers' metrics (offline:
         records them in the run directory). With tracking disabled, a callback that does nothing."""
@@ -158,20 +178,25 @@ class RunTracker:
             dataclasses.replace(self.mlflow_run, run_id=self.run_id), self.run_dir, self.config
         )
 
-    def log_final(self, final_dir: str | Path, artifacts: Mapping[str, str | Path]) -> None:
-        """Log the final model folder (HF format, with its tokenizer) as `model/`, and each of `artifacts`
-        (name -> file or folder, e.g. {"data_manifest": ".../manifest.json"}) under its name; register the
-        model when `registered_model_name` is set. A failure is a warning, not an error: the model is on
-        disk, and an offline tracker records it for a later sync."""
+    def log_final(self, final_dir: str | Path, artifacts: Mapping[str, str | Path], step: int = 0) -> None:
+        """Log the final model folder (HF format, with its tokenizer) as the run's MLflow Model, a fill-mask
+        pipeline of the transformers flavor (`orchestrator.tracking.model`), linked to the metrics of `step`,
+        and each of `artifacts` (name -> file or folder, e.g. {"data_manifest": ".../manifest.json"}) under
+        its name; register the model when `registered_model_name` is set. A failure is a warning, not an
+        error: the model is on disk, and an offline tracker records it for a later sync."""
+        from mlflow.exceptions import MlflowException
+
         if not self.config.enabled:
             return
         if self.run_id:
             try:
-                self.send_final(final_dir, artifacts)
+                self.send_final(final_dir, artifacts, step)
                 return
             except Exception as error:
-                if is_client_error(error):
-                    warn(f"MLflow: could not log the final model (it is in {final_dir}): {error}")
+                # Refused by the store, or not MLflow's error at all (building the pipeline): not an outage.
+                if is_client_error(error) or not isinstance(error, MlflowException):
+                    message = redact_text(str(error))
+                    warn(f"MLflow: could not log the final model (it is in {final_dir}): {message}")
                     return
                 self._go_offline(error)
         save_unsent(self.run_dir, Unsent(final_model=True))
@@ -186,8 +211,6 @@ class RunTracker:
         if self._ended:
             return
         self._ended = True
-        if self._system_metrics is not None:
-            self._system_metrics.finish()
         tags = {"error": redact_text(error)} if error else {}
         if self.mlflow_run.finished and status != "FINISHED":  # a failed resume of a finished run
             tags = {"last_resume": status + (f": {redact_text(error)}" if error else "")}
@@ -238,37 +261,22 @@ class RunTracker:
         for start in range(0, len(run_tags), MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self.run_id, tags=run_tags[start : start + MAX_PARAMS_TAGS_PER_BATCH])
 
-    def send_final(self, final_dir: str | Path, artifacts: Mapping[str, str | Path]) -> None:
+    def send_final(self, final_dir: str | Path, artifacts: Mapping[str, str | Path], step: int = 0) -> None:
         """`log_final`, raising what the store answers (for `tracking sync`)."""
-        self._client.log_artifacts(self.run_id, str(final_dir), "model")
         for name, path in artifacts.items():
             if Path(path).is_dir():
                 self._client.log_artifacts(self.run_id, str(path), name)
             else:
                 self._client.log_artifact(self.run_id, str(path), name)
-        if self.config.registered_model_name:
-            self._register_model(self.config.registered_model_name)
-
-    def _register_model(self, name: str) -> None:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-
-        try:
-            self._client.create_registered_model(name)
-        except MlflowException as error:
-            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                raise
-        artifact_uri = self._client.get_run(self.run_id).info.artifact_uri
-        version = self._client.create_model_version(name, f"{artifact_uri}/model", run_id=self.run_id)
-        self._log_tags({"registered_model": f"{name}/{version.version}"})
-
-    def _start_system_metrics(self) -> None:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        self._system_metrics = SystemMetricsMonitor(
-            self.run_id, resume_logging=self.mlflow_run.resumed, tracking_uri=self.tracking_uri
+        model_uri, registered = log_fill_mask_model(
+            self._client,
+            self.tracking_uri,
+            self._client.get_run(self.run_id),
+            final_dir,
+            step,
+            self.config.registered_model_name,
         )
-        self._system_metrics.start()
+        self._log_tags({MODEL_URI_TAG: model_uri, **({REGISTERED_TAG: registered} if registered else {})})
 
 
 def _print_unsent(run_dir: RunDir, tracking_uri: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from common import storage
 from common.errors import UserError
 from common.redact import REDACTED
-from data.manifest import MANIFEST_FILE
+from data.manifest import MANIFEST_FILE, load_manifest
 from orchestrator.config import config_from_dict
 from orchestrator.run_dir import RunDir
 from orchestrator.tracking.client import (
@@ -19,6 +19,7 @@ from orchestrator.tracking.client import (
     resolve_tracking_uri,
     store_error,
 )
+from orchestrator.tracking.dataset import log_dataset, prepared_dataset
 from orchestrator.tracking.run import RunTracker
 from orchestrator.tracking.unsent import forget_unsent, load_unsent, save_reports, send_unsent
 
@@ -34,7 +35,8 @@ class Synced:
 
 
 def sync_run(run_dir: RunDir, tracking_uri: str = "", reports: Sequence[dict] = ()) -> Synced:
-    """Send what `run_dir` keeps unsent (metrics, tags, the final model, the end status), and the metrics of
+    """Send what `run_dir` keeps unsent (metrics, tags, the final model, the end status) and the dataset
+    input (the run's prepared data, when it is there), and the metrics of
     `reports` (those of the run's newest checkpoint) that the MLflow run lacks, creating the run when no
     start reached the server. The tracking store is the one in run.json's config unless `tracking_uri` is
     given."""
@@ -61,12 +63,17 @@ def sync_run(run_dir: RunDir, tracking_uri: str = "", reports: Sequence[dict] = 
             config, run_dir, MlflowRun(resolved_uri, run.info.run_id, run.info.experiment_id)
         )
         tracker.send_config(saved["config"])
+        manifest = storage.join(job.data.prepared_dir, MANIFEST_FILE)
+        if storage.is_file(manifest):
+            dataset = prepared_dataset(job.data.prepared_dir, load_manifest(job.data.prepared_dir))
+            log_dataset(client, tracker.run_id, dataset)
         sent = send_unsent(client, tracker.run_id, unsent)
         if unsent.final_model:
-            manifest = storage.join(job.data.prepared_dir, MANIFEST_FILE)
             with storage.local_input(run_dir.final) as final_dir:
                 tracker.send_final(
-                    final_dir, {"data_manifest": manifest} if storage.is_file(manifest) else {}
+                    final_dir,
+                    {"data_manifest": manifest} if storage.is_file(manifest) else {},
+                    saved.get("plan", {}).get("total_steps", 0),
                 )
         if unsent.end_status:
             client.set_terminated(tracker.run_id, unsent.end_status)

@@ -25,6 +25,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_B
 
 from common import storage
 from orchestrator.run_dir import RunDir
+from orchestrator.tracking.names import mlflow_metric_key
 
 
 @dataclass
@@ -53,17 +54,22 @@ class Unsent:
     @classmethod
     def from_json(cls, text: str) -> Unsent:
         raw = json.loads(text)
-        metrics = [Metric(key, value, timestamp, step) for key, value, timestamp, step in raw["metrics"]]
+        metrics = [
+            # Recorded by an earlier version, a metric may carry a bare section (`train/loss`): sent as now.
+            Metric(mlflow_metric_key(key), value, timestamp, step)
+            for key, value, timestamp, step in raw["metrics"]
+        ]
         return cls(metrics, raw["tags"], raw["end_status"], raw["final_model"])
 
 
 def report_metrics(reported: dict[str, Any], timestamp_ms: int) -> list[Metric]:
-    """The numbers of one of rank 0's reports as MLflow metrics at its "step" (none without a step)."""
+    """The numbers of one of rank 0's reports as MLflow metrics at its "step" (none without a step), under
+    their MLflow names (`orchestrator.tracking.names.mlflow_metric_key`)."""
     step = reported.get("step")
     if step is None:
         return []
     return [
-        Metric(key, float(value), timestamp_ms, int(step))
+        Metric(mlflow_metric_key(key), float(value), timestamp_ms, int(step))
         for key, value in reported.items()
         if key != "step" and isinstance(value, Real) and not isinstance(value, bool)
     ]

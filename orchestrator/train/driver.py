@@ -11,7 +11,6 @@ resumes it from its newest complete and intact checkpoint, which this driver nam
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -36,8 +35,10 @@ from model import BertConfig
 from orchestrator.config import JobConfig, with_absolute_paths
 from orchestrator.run import BatchPlan, Run, RunPlan, data_order_identity, epoch_order, plan_batches
 from orchestrator.run_dir import RunDir, RunLock
+from orchestrator.tracking.dataset import manifest_hash
 from orchestrator.tracking.metrics import CHECKPOINT_TAG
 from orchestrator.tracking.run import RunTracker
+from orchestrator.tracking.system_metrics import SystemMetricsTarget
 from orchestrator.tracking.tags import ray_job_tags
 from orchestrator.train.checkpoints import (
     ResumePoint,
@@ -131,8 +132,10 @@ def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.Use
     try:
         tracker.log_config(resolved)
         tracker.set_tags(_run_tags(config, manifest, donor))
+        tracker.log_dataset(config.data.prepared_dir, manifest)
         failures = StopOnUserError(run_dir, config.checkpoint.max_failures)
-        trainer = build_trainer(run, [tracker.callback(), failures, *callbacks])
+        callbacks = [tracker.callback(), failures, *callbacks]
+        trainer = build_trainer(run, callbacks, tracker.system_metrics_target())
         result = fit(trainer, run_dir)
         last = find_resume_checkpoint(run_dir)
         with (
@@ -141,7 +144,7 @@ def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.Use
             storage.local_input(storage.join(config.data.prepared_dir, MANIFEST_FILE)) as manifest_file,
         ):
             export_final(Path(checkpoint_dir), config.data.tokenizer_dir, Path(local_final))
-            tracker.log_final(local_final, {"data_manifest": manifest_file})
+            tracker.log_final(local_final, {"data_manifest": manifest_file}, last.step)
         tracker.set_tags({CHECKPOINT_TAG: last.path})
         run_dir.update_run_json(final_dir=run_dir.final)
         prune_checkpoints(run_dir, config.checkpoint.keep)
@@ -188,7 +191,7 @@ def build_run(
         model=model,
         pad_token_id=manifest.special_token_ids["pad"],
         max_seq_length=manifest.settings.max_seq_length,
-        data_order=data_order_identity(config, _manifest_hash(config.data.prepared_dir)),
+        data_order=data_order_identity(config, manifest_hash(config.data.prepared_dir)),
     )
     return Run(config, run_dir, plan, train_split, eval_split, probes)
 
@@ -226,14 +229,18 @@ def what_is_kept(run_dir: RunDir) -> str:
 
 
 def build_trainer(
-    run: Run, callbacks: Sequence[ray.train.UserCallback], loop: Callable[[dict], None] = train_worker
+    run: Run,
+    callbacks: Sequence[ray.train.UserCallback],
+    system_metrics: SystemMetricsTarget | None = None,
+    loop: Callable[[dict], None] = train_worker,
 ) -> TorchTrainer:
     """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the run's
     splits and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build
     the iterators in the controller before that, and Ray's default split passes every block through one
     coordinator actor).
 
-    `loop` is what every rank runs with {"run": run}; fine-tuning passes its own worker and run, which has
+    `system_metrics`: where each node's first worker sends its node's system metrics. `loop` is what every
+    rank runs with {"run": run, "system_metrics": ...}; fine-tuning passes its own worker and run, which has
     the same `config` (scaling, checkpoint) and `dir`."""
     scaling = run.config.scaling
     # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
@@ -244,7 +251,7 @@ def build_trainer(
     checkpoint = run.config.checkpoint
     return TorchTrainer(
         loop,
-        train_loop_config={"run": run},
+        train_loop_config={"run": run, "system_metrics": system_metrics},
         scaling_config=ray.train.ScalingConfig(
             num_workers=ray_worker_count(scaling, ray.cluster_resources()),
             use_gpu=scaling.use_gpu,
@@ -272,7 +279,7 @@ def _run_tags(job: JobConfig, manifest: data.Manifest, donor: Donor | None) -> d
         "num_workers": job.scaling.describe_workers(),
         "cluster_resources": json.dumps(ray.cluster_resources()),
         "tokenizer_hash": manifest.tokenizer_hash,
-        "data_manifest_hash": _manifest_hash(job.data.prepared_dir),
+        "data_manifest_hash": manifest_hash(job.data.prepared_dir),
     }
 
 
@@ -285,7 +292,3 @@ def _say_missing_heads(donor: Donor, use_nsp: bool) -> None:
             "it starts from BERT's initialisation"
         )
 
-
-def _manifest_hash(prepared_dir: str) -> str:
-    manifest = storage.read_text(storage.join(prepared_dir, MANIFEST_FILE))
-    return hashlib.sha256(manifest.encode()).hexdigest()[:16]

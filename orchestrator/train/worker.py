@@ -25,6 +25,7 @@ from data import make_collate_fn, rank_eval_stream
 from model import BertForPreTraining, attention_path, compile_model
 from orchestrator.config import ScalingConfig
 from orchestrator.run import Run, plan_batches
+from orchestrator.tracking.system_metrics import start_node_monitor
 from orchestrator.train.batches import start_train_stream, step_batches
 from orchestrator.train.checkpointer import Checkpointer
 from orchestrator.train.checkpoints import (
@@ -44,8 +45,14 @@ from orchestrator.train.step import TrainStep
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's `train_loop_per_worker`: `loop_config` is {"run": the driver's Run}."""
-    Worker(loop_config["run"]).train()
+    """Ray Train's `train_loop_per_worker`: `loop_config` is {"run": the driver's Run, "system_metrics":
+    where this node's system metrics go, or None}."""
+    monitor = start_node_monitor(loop_config.get("system_metrics"), ray.train.get_context().get_local_rank())
+    try:
+        Worker(loop_config["run"]).train()
+    finally:
+        if monitor is not None:
+            monitor.stop()
 
 
 def worker_placement(scaling: ScalingConfig) -> tuple[int, int, torch.device]:

@@ -210,12 +210,13 @@ def test_a_stopped_run_keeps_its_checkpoints_and_resumes_to_success_when_submitt
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Job jobs-debug SUCCEEDED" in again.stdout
     assert f"Trained {last_step + 10} steps" in again.stdout
-    assert f"MLflow run: run {first_run_id}" in again.stdout
+    run_page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{first_run_id}?"
+    assert f"MLflow run: {run_page}" in again.stdout
     client, run = mlflow_run(shared, "jobs-debug")
     assert run.info.run_id == first_run_id
     assert run.info.status == "FINISHED"
     assert run.data.tags["ray_submission_id"] == "jobs-debug"
-    steps = sorted(metric.step for metric in client.get_metric_history(first_run_id, "train/loss"))
+    steps = sorted(metric.step for metric in client.get_metric_history(first_run_id, "1-train/loss"))
     # log_every 5; every step once across the two jobs (those the stop kept from MLflow sent by the second)
     assert steps == list(range(5, last_step + 11, 5))
 

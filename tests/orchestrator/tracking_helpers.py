@@ -36,20 +36,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    """Wait for `url`/health to answer 200; fail after `timeout_s` or when `process` exits."""
+def wait_until_healthy(
+    url: str, timeout_s: float, process: subprocess.Popen | None = None, path: str = "/health"
+) -> None:
+    """Wait for `url` + `path` to answer 200; fail after `timeout_s` or when `process` exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the MLflow server exited with status {process.returncode}")
+            raise RuntimeError(f"the server exited with status {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.3)
-    raise TimeoutError(f"the MLflow server at {url} did not answer within {timeout_s} s")
+    raise TimeoutError(f"the server at {url} did not answer within {timeout_s} s")
 
 
 def stop_process_group(process: subprocess.Popen) -> None:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.entities import Metric
@@ -17,7 +16,6 @@ from ray.train import Checkpoint, UserCallback
 from ray.train.v2._internal.execution.training_report import _TrainingReport
 
 from common.redact import is_secret_key
-from model import BertConfig, BertForPreTraining
 from orchestrator.cli import main
 from orchestrator.config import JobConfig, MlflowConfig, TrainConfig
 from orchestrator.run_dir import RunDir
@@ -320,32 +318,3 @@ def test_disabled_tracking_does_nothing(tmp_path, monkeypatch):
     assert isinstance(callback, UserCallback) and not isinstance(callback, MetricsCallback)
     assert list(tmp_path.iterdir()) == []
 
-
-def test_final_model_logged_loads_and_is_registered(tmp_path, server):
-    model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=64)).eval()
-    final_dir = tmp_path / "run" / "final"
-    model.save_hf(final_dir)
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"examples": 10}))
-    config = MlflowConfig(tracking_uri=server.url, registered_model_name="bert-tiny-test")
-
-    tracker = RunTracker.open(config, RunDir.at(tmp_path / "run"))
-    tracker.log_final(final_dir, {"data_manifest": manifest})
-    tracker.end("FINISHED")
-
-    client = MlflowClient(server.url)
-    downloaded = Path(
-        download_artifacts(
-            run_id=tracker.run_id,
-            artifact_path="",
-            tracking_uri=server.url,
-            dst_path=str(tmp_path / "downloaded"),
-        )
-    )
-    assert json.loads((downloaded / "data_manifest" / "manifest.json").read_text()) == {"examples": 10}
-    loaded = BertForPreTraining.from_hf(downloaded / "model").eval()
-    input_ids = torch.randint(0, 64, (2, 8))
-    torch.testing.assert_close(loaded.bert(input_ids)[0], model.bert(input_ids)[0])
-    (version,) = client.search_model_versions("name='bert-tiny-test'")
-    assert version.run_id == tracker.run_id
-    assert client.get_run(tracker.run_id).data.tags["registered_model"] == f"bert-tiny-test/{version.version}"

@@ -183,6 +183,6 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_mlflow_records_the_d
     assert run.data.tags["init_from"] == str(donor_dir)
     expected_hash = read_donor(str(donor_dir)).config_hash
     assert run.data.tags["init_from_config_hash"] == expected_hash
-    history = {m.step: m.value for m in client.get_metric_history(run_id, "eval/mlm_loss")}
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "2-eval/mlm_loss")}
     assert sorted(history) == [0, 12]  # the donor's own score first, before any step
     assert history[12] < history[0]

@@ -10,7 +10,7 @@ import torch
 
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import JobConfig
-from orchestrator.tracking.names import RENAMED_METRICS
+from orchestrator.tracking.names import FLAT_METRICS
 from orchestrator.train.checkpoints import Trainables
 from orchestrator.train.metrics_window import MetricsWindow, progress_line
 from orchestrator.train.optim import build_optimizer, build_scheduler
@@ -56,7 +56,7 @@ def test_a_window_reports_real_tokens_padding_and_sectioned_names(use_nsp):
     elapsed = metrics["perf/step_time_s"] * 2
     assert metrics["perf/tokens_per_s"] * elapsed == pytest.approx(2 * 40)  # real tokens, not positions
     assert metrics["perf/samples_per_s"] * elapsed == pytest.approx(2 * 5)
-    assert set(metrics) - {"perf/padding_share"} <= set(RENAMED_METRICS.values())
+    assert set(metrics) - {"perf/padding_share"} <= set(FLAT_METRICS.values())
 
 
 def test_mfu_is_the_model_flops_over_the_peak_of_the_elapsed_time():

@@ -213,14 +213,14 @@ def test_every_metric_reaches_mlflow_exactly_once(runs):
     run = client.get_run(RunDir.at(runs["run_dir"]).read_run_json()["mlflow_run_id"])
     assert run.info.status == "KILLED"
     last_step = find_resume_checkpoint(RunDir.at(runs["run_dir"])).step
-    for key in ("train/loss", "train/mlm_accuracy", "optim/learning_rate"):
+    for key in ("1-train/loss", "1-train/mlm_accuracy", "3-optim/learning_rate"):
         steps = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
         assert steps[:last_step] == list(range(1, last_step + 1)), key  # each step once, none missing
         assert len(steps) == len(set(steps)), key
     # Steps 7 and 8, trained again after the truncated checkpoint, keep the values the first start sent.
     first_values = {r["metrics"][0]["step"]: r["metrics"][0]["train/loss"] for r in runs["first"]["reports"]}
     assert sorted(first_values) == list(range(1, FIRST_STEPS + 1))
-    loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "1-train/loss")}
     assert {step: loss[step] for step in first_values} == pytest.approx(first_values)
 
 

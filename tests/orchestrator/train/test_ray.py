@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 import transformers
@@ -151,7 +152,7 @@ def test_the_same_run_started_again_resumes_with_one_worker_and_the_same_global_
     )
 
 
-def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(restarted_run, tmp_path):
+def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(restarted_run, tmp_path, monkeypatch):
     tracking_uri = restarted_run["mlflow"]["tracking_uri"]
     run_id = RunDir.at(restarted_run["result"].run_dir).read_run_json()["mlflow_run_id"]
     client = MlflowClient(tracking_uri)
@@ -165,7 +166,7 @@ def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(restarted_run, 
         step: m["train/loss"]
         for step, m in losses_by_step(restarted_run["first"] + restarted_run["again"]).items()
     }
-    history = client.get_metric_history(run_id, "train/loss")
+    history = client.get_metric_history(run_id, "1-train/loss")
     assert sorted(metric.step for metric in history) == list(range(1, STEPS + 1))  # each once
     assert all(metric.value == pytest.approx(reported[metric.step]) for metric in history)
     assert run.data.tags["checkpoint_uri"].endswith(f"checkpoint_{STEPS:09d}")
@@ -177,8 +178,13 @@ def test_the_failed_and_restarted_run_is_one_complete_mlflow_run(restarted_run, 
     )
     assert json.loads((downloaded / "resolved_config.json").read_text())["model"]["preset"] == "tiny"
     assert (downloaded / "data_manifest" / "manifest.json").exists()
-    ours = BertForPreTraining.from_hf(downloaded / "model").eval()
-    theirs = transformers.BertForPreTraining.from_pretrained(downloaded / "model").eval()
+    # The final model is the run's MLflow Model: MLflow's transformers flavor loads the encoder of final/.
+    (output,) = run.outputs.model_outputs
+    assert run.data.tags["model_uri"] == f"models:/{output.model_id}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # where models:/ URIs are looked up
+    theirs = mlflow.transformers.load_model(run.data.tags["model_uri"]).model.eval()
+    assert isinstance(theirs, transformers.BertForMaskedLM)
+    ours = BertForPreTraining.from_hf(restarted_run["result"].final_dir).eval()
     input_ids = torch.randint(0, 100, (2, 16))
     torch.testing.assert_close(ours.bert(input_ids)[0], theirs.bert(input_ids).last_hidden_state)
 
