@@ -264,9 +264,11 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoint.keep),
             failure_config=ray.train.FailureConfig(max_failures=checkpoint.max_failures),
             callbacks=list(callbacks),
-            # Ray Train's INFO lines (the worker group starting, each checkpoint saved) stay in its log files
-            # under the Ray session's logs/train/; the console keeps its warnings and our progress lines.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            # Ray Train's own lines (the worker group starting, each checkpoint saved, and after a worker
+            # failure some 40 lines of tracebacks) stay in its log files under the Ray session's logs/train/.
+            # The console gets ours: one line per restart (StopOnUserError), and a failure that ends the run
+            # is raised here with its cause.
+            logging_config=ray.train.LoggingConfig(log_level="CRITICAL"),
         ),
     )
 
