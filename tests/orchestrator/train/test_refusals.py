@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from common.errors import UserError
 from model import BertConfig, BertForPreTraining
 from orchestrator.cli import main
 from orchestrator.config import JobConfig
-from orchestrator.run_dir import LOCK_FILE, RunDir
+from orchestrator.run_dir import LOCK_FILE, RunDir, RunLock
 from orchestrator.train.checkpoints import (
     MODEL_FILE,
     OPTIMIZER_FILE,
@@ -297,3 +298,17 @@ def test_a_full_disk_ends_the_run_at_once_naming_the_path_and_keeping_the_last_c
     assert not Path(run_dir, "checkpoint_000000004").exists()
     assert intact_steps(run_dir) == [2]
     assert len(read_failures(tmp_path / "reports.jsonl")) == 1  # no retry of what cannot succeed
+
+
+def test_a_lock_left_by_a_crashed_run_is_taken_over(tmp_path):
+    """A lock whose process is gone (SIGKILL leaves it behind) does not keep the run locked."""
+    run_dir = RunDir(str(tmp_path), "crashed")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    Path(run_dir.path).mkdir()
+    Path(run_dir.path, LOCK_FILE).write_text(
+        json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": 0, "renewed": 0})
+    )
+    with RunLock(run_dir):
+        assert json.loads(Path(run_dir.path, LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not Path(run_dir.path, LOCK_FILE).exists()
