@@ -33,7 +33,7 @@ from orchestrator.tracking.client import (
     store_error,
 )
 from orchestrator.tracking.metrics import MetricsCallback
-from orchestrator.tracking.names import mark_model_training
+from orchestrator.tracking.names import mark_model_training, mlflow_metric_key
 from orchestrator.tracking.tags import git_commit
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -121,7 +121,7 @@ class FinetuneTracker:
         self._guarded(
             self._client.log_batch,
             run_id,
-            metrics=[Metric(k, float(v), 0, 0) for k, v in (metrics or {}).items()],
+            metrics=[Metric(mlflow_metric_key(k), float(v), 0, 0) for k, v in (metrics or {}).items()],
             params=[Param(k, redact_text(str(v))[:6000]) for k, v in (params or {}).items()],
             tags=[RunTag(k, redact_text(str(v))[:5000]) for k, v in (tags or {}).items()],
         )

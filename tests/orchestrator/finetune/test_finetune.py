@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from orchestrator.cli import main
 from orchestrator.run_dir import RunDir
 from orchestrator.tracking.client import RUN_ID_KEY
+from orchestrator.tracking.names import mlflow_metric_key
 
 PRETRAINING_EXPERIMENT = "pretraining-experiment"
 
@@ -138,8 +139,8 @@ def test_one_and_two_workers_train_alike(one_worker, two_workers, pretraining_ru
     one, two = one_worker["children"][0], two_workers["children"][0]
     assert one.data.tags["seed"] == two.data.tags["seed"] == "0"
     for key in ("train/loss", "optim/grad_norm", "eval/accuracy", "eval/f1_macro"):
-        alone = {m.step: m.value for m in client.get_metric_history(one.info.run_id, key)}
-        split = {m.step: m.value for m in client.get_metric_history(two.info.run_id, key)}
+        alone = {m.step: m.value for m in client.get_metric_history(one.info.run_id, mlflow_metric_key(key))}
+        split = {m.step: m.value for m in client.get_metric_history(two.info.run_id, mlflow_metric_key(key))}
         assert alone and alone.keys() == split.keys(), key
         for step, value in alone.items():
             assert split[step] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, step)
@@ -169,11 +170,13 @@ def test_mlflow_parent_run_in_the_pretraining_experiment(one_worker, pretraining
     assert parent.data.tags["pretraining_run_id"] == pretraining_run["run_id"]
     assert pretraining_run["run_id"] in parent.data.tags["pretraining_run_link"]
     assert parent.data.params["lr"] == "0.003"
-    assert parent.data.metrics["eval/accuracy"] == pytest.approx(one_worker["json"]["accuracy"])
+    assert parent.data.metrics[mlflow_metric_key("eval/accuracy")] == pytest.approx(
+        one_worker["json"]["accuracy"]
+    )
     [child] = one_worker["children"]
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.info.status == "FINISHED"
-    epochs = client.get_metric_history(child.info.run_id, "eval/accuracy")
+    epochs = client.get_metric_history(child.info.run_id, mlflow_metric_key("eval/accuracy"))
     assert len(epochs) == 4  # one score an epoch
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "model")}
     assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json"} <= artifacts
