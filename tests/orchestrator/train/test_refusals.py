@@ -30,6 +30,7 @@ from model import BertConfig, BertForPreTraining
 from orchestrator.cli import main
 from orchestrator.config import JobConfig
 from orchestrator.run_dir import LOCK_FILE, RunDir, RunLock
+from orchestrator.tracking.names import mlflow_metric_key
 from orchestrator.train.checkpoints import (
     MODEL_FILE,
     OPTIMIZER_FILE,
@@ -229,7 +230,8 @@ def test_with_dropout_on_the_resumed_steps_equal_those_of_the_run_before_the_sto
     assert killed["job"].model.dropout > 0
     client = MlflowClient(killed["tracking_uri"])
     logged = {
-        m.step: m.value for m in client.get_metric_history(mlflow_run(killed).info.run_id, "train/loss")
+        m.step: m.value
+        for m in client.get_metric_history(mlflow_run(killed).info.run_id, mlflow_metric_key("train/loss"))
     }
     again = {r["metrics"][0]["step"]: r["metrics"][0]["train/loss"] for r in resumed_past_damage["reports"]}
     newest = resumed_past_damage["newest"].step
