@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -249,8 +250,9 @@ def run_peer(base: str, data: dict[str, str], args: argparse.Namespace, seed: in
     output = _run([sys.executable, "-c", script], {})
     wall = time.perf_counter() - started
     shutil.rmtree(out)
-    accuracy = json.loads(output.split("RESULT", 1)[1])["accuracy"]
-    first = float(output.split("FIRST_STEP", 1)[1].split()[0]) - stamp
+    marked = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in output.splitlines() if " " in line}
+    accuracy = json.loads(marked["RESULT"])["accuracy"]
+    first = float(marked["FIRST_STEP"]) - stamp
     return Outcome(accuracy, accuracy, wall, first)
 
 
@@ -297,16 +299,21 @@ def run_ours(base: str, data: dict[str, str], args: argparse.Namespace, seed: in
 
 
 def _run(command: list[str], env_extra: dict[str, str]) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
+    env = {**os.environ, "PYTHONPATH": _python_path(), **env_extra}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:
         sys.exit(f"{command[:4]} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done.stdout + done.stderr
 
 
+def _python_path() -> str:
+    """This checkout first, then what the caller's PYTHONPATH had."""
+    return os.pathsep.join([str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
 def _run_timed(command: list[str], started: float) -> tuple[str, float | None]:
     """Run `command`, reading its output as it comes; the output and when the first progress line came."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": _python_path()}
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
     )
@@ -377,6 +384,8 @@ def main() -> None:
     parser.add_argument("--work", help="a folder to keep the sets and the base model in (default: temporary)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sets, 1 seed, 1 epoch")
     args = parser.parse_args()
+    if importlib.util.find_spec("accelerate") is None:
+        sys.exit("HF Trainer needs accelerate: pip install 'accelerate>=1.1' (in the dev extra)")
     specs = QUICK_SETS if args.quick else SETS
     if args.quick:
         args.seeds, args.epochs = 1, 1
