@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1; report each and the median")
     parser.add_argument(
+        "--first-seed", type=int, default=0, metavar="K", help="start at seed K: seeds K..K+N-1 (default 0)"
+    )
+    parser.add_argument(
         "--warmup", type=float, default=0.1, help="share of the steps of linear warmup (default 0.1)"
     )
     parser.add_argument("--dropout", type=float, help="hidden and attention dropout (default: the model's)")
@@ -90,6 +93,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         micro_batch_size=args.micro_batch_size,
         max_seq_length=args.max_seq_length,
         seeds=args.seeds,
+        first_seed=args.first_seed,
         warmup_share=args.warmup,
         dropout=args.dropout,
         log_every=args.log_every,

@@ -131,7 +131,7 @@ def finetune(
     per_seed: list[dict[str, Any]] = []
     predictions: dict[int, list] = {}
     try:
-        for seed in range(settings.seeds):
+        for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
             run = FinetuneRun(
                 config=_for_seed(job, seed, out),
                 dir=out.seed(seed),
@@ -271,7 +271,8 @@ def export_final(out: FinetuneDir, seed: int, tokenizer_dir: str) -> None:
 def _say_plan(
     settings: FinetuneSettings, data: LabelledData, steps_per_epoch: int, total_steps: int, warmup: int
 ) -> None:
-    seeds = "seed 0" if settings.seeds == 1 else f"seeds 0-{settings.seeds - 1}"
+    first, last = settings.first_seed, settings.first_seed + settings.seeds - 1
+    seeds = f"seed {first}" if first == last else f"seeds {first}-{last}"
     kind = f"{data.num_labels} classes ({_names(data.label_names)})" if data.label_names else "regression"
     say(
         f"Fine-tuning {redact_text(settings.model)}: {len(data.train):,} training rows, "

@@ -50,7 +50,8 @@ class FinetuneSettings:
     """Most examples a worker runs at once (None: the whole share of the global batch)."""
     max_seq_length: int = 128
     seeds: int = 1
-    """Runs with seeds 0 .. seeds-1."""
+    """Runs with seeds first_seed .. first_seed + seeds - 1."""
+    first_seed: int = 0
     warmup_share: float = WARMUP_SHARE
     weight_decay: float = 0.01
     dropout: float | None = None
@@ -84,6 +85,8 @@ class FinetuneSettings:
                 raise UserError(f"{flag} must be positive, got {value}")
         if self.max_seq_length < 3:
             raise UserError(f"--max-seq-length must hold [CLS], a token and [SEP], got {self.max_seq_length}")
+        if self.first_seed < 0:
+            raise UserError(f"--first-seed must be >= 0, got {self.first_seed}")
         if self.lr < 0:
             raise UserError(f"--lr must be >= 0, got {self.lr}")
         if not 0 <= self.warmup_share < 1:

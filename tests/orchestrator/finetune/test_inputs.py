@@ -92,6 +92,11 @@ def test_workers_that_do_not_divide_the_batch(labelled_set):
     assert "2 workers do not divide --batch-size=15" in line
 
 
+def test_a_negative_first_seed(labelled_set):
+    line = finetune_error(labelled_set, "--first-seed", "-1")
+    assert "--first-seed must be >= 0, got -1" in line
+
+
 def test_a_missing_model_folder(labelled_set, tmp_path):
     argv_model = str(tmp_path / "nothing")
     stderr = io.StringIO()
@@ -218,6 +223,7 @@ def test_help_lists_the_issue_flags():
         "--batch-size",
         "--max-seq-length",
         "--seeds",
+        "--first-seed",
         "--num-workers",
         "--gpu",
         "--json",
