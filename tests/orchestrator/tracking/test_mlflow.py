@@ -23,28 +23,9 @@ from orchestrator.tracking.client import MlflowRun
 from orchestrator.tracking.metrics import MetricsCallback
 from orchestrator.tracking.run import RunTracker
 from orchestrator.tracking.unsent import Unsent, load_unsent, save_unsent
-from tests.orchestrator.tracking_helpers import MlflowServer, free_port
+from tests.orchestrator.tracking_helpers import free_port
 
 DOES_NOT_HANG_S = 5.0  # a generous bound for calls that must not wait on the tracking server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory) -> str:
-    """One SQLite store per module (creating one costs seconds); each test records in its own experiment."""
-    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def sqlite_config(sqlite_uri, request) -> MlflowConfig:
-    return MlflowConfig(tracking_uri=sqlite_uri, experiment_name=request.node.name)
 
 
 def report(callback: MetricsCallback, step: int, checkpoint: Checkpoint | None = None, **values: float):

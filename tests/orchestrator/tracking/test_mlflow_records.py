@@ -29,27 +29,8 @@ from orchestrator.tracking.run import MODEL_URI_TAG, REGISTERED_TAG, RunTracker
 from orchestrator.tracking.system_metrics import NodeMonitor, SystemMetricsTarget
 from orchestrator.tracking.unsent import Unsent, load_unsent
 from tests.orchestrator.conftest import SUBJECTS, save_random_model, write_corpus
-from tests.orchestrator.tracking_helpers import MlflowServer
 
 WAIT_S = 120  # the longest a test waits for metrics sampled every second (a loaded 2-core machine)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def sqlite_config(sqlite_uri, request) -> MlflowConfig:
-    return MlflowConfig(tracking_uri=sqlite_uri, experiment_name=request.node.name)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,6 @@ from orchestrator.tracking.run import RunTracker
 from orchestrator.tracking.ui import ui_address
 
 
-@pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mlflow.db'}"
-
-
 @pytest.fixture
 def config(sqlite_uri, request) -> MlflowConfig:
     return MlflowConfig(tracking_uri=sqlite_uri, experiment_name=request.node.name)
