@@ -223,13 +223,13 @@ def find_resume_checkpoint(run_dir: RunDir, verify: bool = False) -> ResumePoint
     never see it."""
     skipped = []
     for name, problem, state in _checked_with_state(run_dir):
-        if problem is None and verify:
-            problem = _damage(run_dir.join(name), json.loads(state).get("checksums", {}))
-            if problem is not None:
-                problem += f"; set aside as {run_dir.set_aside(name)}"
         if problem is None:
-            step = checkpoint_step(name)
-            return ResumePoint(run_dir.checkpoint(step), step, skipped, json.loads(state))
+            train_state = json.loads(state)
+            damage = _damage(run_dir.join(name), train_state.get("checksums", {})) if verify else None
+            if damage is None:
+                step = checkpoint_step(name)
+                return ResumePoint(run_dir.checkpoint(step), step, skipped, train_state)
+            problem = f"{damage}; set aside as {run_dir.set_aside(name)}"
         skipped.append((name, problem))
     return ResumePoint(None, 0, skipped)
 

@@ -50,15 +50,21 @@ def prepared_corpus(tmp_path_factory, ray_session) -> dict:
     64 documents (blank-line separated) give 172 training examples: 5 global batches of 32 an epoch, and
     even, as the exact-batch test needs."""
     root = tmp_path_factory.mktemp("corpus")
-    data = {
+    data = corpus_data(root)
+    manifest = ensure_prepared_data(make_job(root, data))
+    return {"data": data, "train_examples": manifest.counts["examples"]["train"]}
+
+
+def corpus_data(root: Path) -> dict:
+    """The data section of a run on 64 generated documents under `root` (tokenizer and examples built by
+    `train` there when missing): max length 32, an eval split."""
+    return {
         "corpus": [str(write_corpus(root / "corpus.txt", documents=64))],
         "tokenizer_dir": str(root / "tokenizer"),
         "prepared_dir": str(root / "prepared"),
         "tokenizer": {"vocab_size": 200, "min_frequency": 1},
         "prepare": {"max_seq_length": 32, "eval_fraction": 0.1, "documents": "blank-line"},
     }
-    manifest = ensure_prepared_data(make_job(root, data))
-    return {"data": data, "train_examples": manifest.counts["examples"]["train"]}
 
 
 def make_job(

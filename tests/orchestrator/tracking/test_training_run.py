@@ -25,7 +25,7 @@ from orchestrator.inference.loading import load_model
 from orchestrator.inference.predict import fill_mask
 from orchestrator.run_dir import RunDir
 from orchestrator.tracking.dataset import manifest_hash
-from tests.orchestrator.conftest import make_job, write_corpus
+from tests.orchestrator.conftest import corpus_data, make_job
 from tests.orchestrator.tracking_helpers import (
     START_TIMEOUT_S,
     free_port,
@@ -43,13 +43,7 @@ NODE_KEY = re.compile(r"system/127\.0\.0\.1-[0-9a-f]{6}/(.+)")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("console-run")
-    data = {
-        "corpus": [str(write_corpus(root / "corpus.txt", documents=64))],
-        "tokenizer_dir": str(root / "tokenizer"),
-        "prepared_dir": str(root / "prepared"),
-        "tokenizer": {"vocab_size": 200, "min_frequency": 1},
-        "prepare": {"max_seq_length": 32, "eval_fraction": 0.1, "documents": "blank-line"},
-    }
+    data = corpus_data(root)
     job = make_job(
         root,
         data,
