@@ -224,7 +224,7 @@ def test_folder_that_is_not_bert_is_a_clear_error(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["nsp", str(empty), "a.", "b."]) == 2
-    assert f"{empty} is not a BERT model folder" in capsys.readouterr().err
+    assert f"{empty} is not a model folder" in capsys.readouterr().err
 
 
 def test_nsp_of_empty_sentences_is_refused(memorised, capsys):
