@@ -66,8 +66,8 @@ class ModelConfig:
         if self.preset not in (AUTO_PRESET, *family.presets):
             raise InvalidSetting(
                 "preset",
-                f": {self.preset!r} is not a {self.family} preset; choose one of "
-                f"{', '.join((*family.presets, AUTO_PRESET))}",
+                f": {self.preset!r} is not one of {', '.join((*family.presets, AUTO_PRESET))} (the "
+                f"{self.family} presets)",
             )
         if self.use_nsp and not family.has_nsp:
             raise InvalidSetting(
