@@ -141,7 +141,7 @@ def modernbert_run(donor_dir, ray_session) -> dict:
         "final": load_file(Path(result.final_dir) / "model.safetensors"),
         "run_json": run_dir.read_run_json(),
     }
-    shutil.rmtree(run_dir.join(f"checkpoint_{STEPS}"))
+    shutil.rmtree(run_dir.checkpoint(STEPS))
     shutil.rmtree(run_dir.final)
     resumed = train(job)
     return {"job": job, "root": root, "result": resumed, "first": first, "run_dir": run_dir}
@@ -151,12 +151,12 @@ def test_the_export_loads_in_transformers_with_the_checkpoints_logits(modernbert
     final = Path(modernbert_run["result"].final_dir)
     exported, info = transformers.AutoModelForMaskedLM.from_pretrained(final, output_loading_info=True)
     assert type(exported) is transformers.ModernBertForMaskedLM
-    assert (info["missing_keys"], info["unexpected_keys"]) == ([], [])  # as sets in transformers 5
+    assert (set(info["missing_keys"]), set(info["unexpected_keys"])) == (set(), set())
     assert {name: getattr(exported.config, name) for name in SHAPE} == SHAPE
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(final)
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    ours = load_model_from_checkpoint(modernbert_run["run_dir"].join(f"checkpoint_{STEPS}")).eval()
+    ours = load_model_from_checkpoint(Path(modernbert_run["run_dir"].checkpoint(STEPS))).eval()
     real = batch["attention_mask"].bool()
     labels = batch["input_ids"].masked_fill(~real, -100)  # our head runs on the labelled positions
     with torch.no_grad():
@@ -201,7 +201,7 @@ def test_init_from_a_transformers_folder_starts_from_its_weights_and_tokenizer(m
 
 
 def test_init_from_our_checkpoint_with_a_new_global_theta_is_context_extension(modernbert_run, tmp_path):
-    checkpoint = modernbert_run["run_dir"].join(f"checkpoint_{CHECKPOINT_EVERY}")
+    checkpoint = modernbert_run["run_dir"].checkpoint(CHECKPOINT_EVERY)
     donor = read_donor(checkpoint)
     assert donor.family.name == "modernbert"
     root, donor_config = modernbert_run["root"], donor.config
