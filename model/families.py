@@ -19,8 +19,10 @@ import torch
 
 from model import bert, hf, modernbert, modernbert_hf
 from model.config import ARCHITECTURE_FIELDS, PRESETS, BertConfig
+from model.heads import BertForSequenceClassification
 from model.hf import CONFIG_FILE, CheckpointError
 from model.modernbert import ModernBertConfig, ModernBertForPreTraining
+from model.modernbert_heads import ModernBertForSequenceClassification
 
 EncoderConfig = BertConfig | ModernBertConfig
 """The config of any family's model."""
@@ -36,6 +38,9 @@ class Family:
     name: str
     config_class: type
     model_class: type
+    """The pretraining model: (config) -> `model(**batch)` gives `PretrainingOutput`."""
+    classifier_class: type
+    """The fine-tuning model: (config, num_labels), its encoder `.bert`, `save_hf(dir, label_names)`."""
     presets: dict[str, dict[str, int]]
     hf_model_type: str
     """`model_type` in an HF config.json of this family."""
@@ -105,6 +110,7 @@ FAMILIES: dict[str, Family] = {
         name="bert",
         config_class=BertConfig,
         model_class=bert.BertForPreTraining,
+        classifier_class=BertForSequenceClassification,
         presets=PRESETS,
         hf_model_type="bert",
         hf_architecture="BertForPreTraining",
@@ -123,6 +129,7 @@ FAMILIES: dict[str, Family] = {
         name="modernbert",
         config_class=ModernBertConfig,
         model_class=ModernBertForPreTraining,
+        classifier_class=ModernBertForSequenceClassification,
         presets=modernbert.PRESETS,
         hf_model_type="modernbert",
         hf_architecture=modernbert_hf.ARCHITECTURE,

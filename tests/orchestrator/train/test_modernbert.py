@@ -8,6 +8,7 @@ Two Ray Train fits in all (`modernbert_run`): the run, then its resume from a mi
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from common.errors import UserError
+from data.tokenizer import TOKENIZER_FILES
 from model import ModernBertForPreTraining
+from model.modernbert_heads import ModernBertForSequenceClassification
 from orchestrator.config import config_from_dict
 from orchestrator.inference.embed import CorpusEmbedder, EmbedSettings
 from orchestrator.inference.evaluate import evaluate
@@ -252,3 +255,33 @@ def test_fill_mask_and_embed_on_a_transformers_folder_match_transformers(donor_d
         embedded, num_tokens, _ = embedder.embed(TEXTS)
         assert num_tokens.tolist() == batch["attention_mask"].sum(1).tolist()
         torch.testing.assert_close(torch.from_numpy(embedded), vectors, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_the_classifier_exports_what_transformers_pipeline_predicts(donor_dir, tmp_path, pooling):
+    loaded = load_model(donor_dir)
+    config = dataclasses.replace(loaded.model.config, classifier_pooling=pooling)
+    torch.manual_seed(0)
+    classifier = ModernBertForSequenceClassification(config, num_labels=3).eval()
+    classifier.bert.load_state_dict(loaded.model.bert.state_dict())
+    labels = ["animal", "person", "thing"]
+    classifier.save_hf(tmp_path, labels)
+    for name in TOKENIZER_FILES:
+        if (donor_dir / name).is_file():
+            shutil.copy(donor_dir / name, tmp_path / name)
+
+    hf, info = transformers.ModernBertForSequenceClassification.from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    assert (set(info["missing_keys"]), set(info["unexpected_keys"])) == (set(), set())
+    batch = transformers.AutoTokenizer.from_pretrained(tmp_path)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = classifier(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        theirs = hf.eval()(**batch).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    pipeline = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu", top_k=None)
+    predicted = pipeline([TEXTS[0]])[0]  # (label, score) of every class
+    expected = ours[0].softmax(-1)
+    assert {p["label"]: p["score"] for p in predicted} == pytest.approx(
+        {label: float(expected[i]) for i, label in enumerate(labels)}, rel=1e-4
+    )
