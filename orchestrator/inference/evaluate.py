@@ -87,9 +87,7 @@ def _check_compatible(loaded: LoadedModel, prepared_dir: str, manifest: Manifest
             "or less"
         )
     if not loaded.has_mlm_head:
-        raise UserError(
-            f"{loaded.source} has no MLM head: a bare encoder cannot be evaluated on MLM"
-        )
+        raise UserError(f"{loaded.source} has no MLM head: a bare encoder cannot be evaluated on MLM")
     model_tokenizer_hash = tokenizer_hash(loaded.tokenizer_dir)
     if model_tokenizer_hash != manifest.tokenizer_hash:
         raise UserError(
