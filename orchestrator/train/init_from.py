@@ -51,9 +51,11 @@ class Donor:
 
     @property
     def missing_heads(self) -> list[str]:
-        return [
-            name for name, present in (("MLM", self.has_mlm_head), ("NSP", self.has_nsp_head)) if not present
-        ]
+        """The heads of its family that it lacks (a family without NSP misses none)."""
+        heads = {"MLM": self.has_mlm_head}
+        if self.family.has_nsp:
+            heads["NSP"] = self.has_nsp_head
+        return [name for name, present in heads.items() if not present]
 
     def describe(self) -> str:
         c = self.config
