@@ -5,7 +5,6 @@ each of those base batches, the same global batches on any worker count and from
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from data import BatchSchedule, EpochOrder, batch_slices
