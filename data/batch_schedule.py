@@ -38,43 +38,56 @@ class BatchSchedule:
                 f"{self.global_batch_size}"
             )
 
+    @cached_property
+    def _stretches(self) -> tuple[np.ndarray, np.ndarray]:
+        """(batch size, steps) of each stretch of steps at one size while the batch grows: the batch is k base
+        batches from the step after ceil((k - 1) * base * span / (full - base)) examples on (a few numbers
+        per size, however many steps the warmup takes)."""
+        base, full, span = self.base_batch_size, self.global_batch_size, self.warmup_examples
+        sizes, steps, seen = [], [], 0
+        for k in range(1, full // base if span else 1):
+            grows_at = -(-k * base * span // (full - base))  # examples after which the batch is k + 1 bases
+            count = max(0, -(-(grows_at - seen) // (k * base)))
+            if count:
+                sizes.append(k * base)
+                steps.append(count)
+                seen += count * k * base
+        return np.asarray(sizes, dtype=np.int64), np.asarray(steps, dtype=np.int64)
+
+    @cached_property
+    def _stretch_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first step, examples before it) of each stretch, and the end of the growth after the last."""
+        sizes, steps = self._stretches
+        return np.concatenate([[0], np.cumsum(steps)]), np.concatenate([[0], np.cumsum(sizes * steps)])
+
+    @property
+    def growth_steps(self) -> int:
+        """Steps with a batch smaller than the global batch (0: a fixed batch)."""
+        return int(self._stretch_starts[0][-1])
+
     @property
     def grows(self) -> bool:
-        return bool(self.growth_sizes.size)
-
-    @cached_property
-    def growth_sizes(self) -> np.ndarray:
-        """The global batch of each step while the batch grows (smaller than the full one)."""
-        base, full, span = self.base_batch_size, self.global_batch_size, self.warmup_examples
-        sizes, seen = [], 0
-        while seen < span:
-            # start + (full - start) * seen / span, in whole base batches (integers only: exact everywhere)
-            size = min(full, base * ((base * span + (full - base) * seen) // (base * span)))
-            if size == full:
-                break
-            sizes.append(size)
-            seen += size
-        return np.asarray(sizes, dtype=np.int64)
-
-    @cached_property
-    def _examples_after_growth_steps(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.growth_sizes)])
+        return self.growth_steps > 0
 
     @property
     def sizes(self) -> list[int]:
         """Every global batch size a step of the run can have, smallest first."""
-        return sorted({*self.growth_sizes.tolist(), self.global_batch_size})
+        return [*self._stretches[0].tolist(), self.global_batch_size]
 
     def batch_size(self, step: int) -> int:
         """The global batch of step `step` (0-based: the step that follows `step` finished steps)."""
-        return int(self.growth_sizes[step]) if step < self.growth_sizes.size else self.global_batch_size
+        if step >= self.growth_steps:
+            return self.global_batch_size
+        first_steps, _ = self._stretch_starts
+        return int(self._stretches[0][np.searchsorted(first_steps, step, side="right") - 1])
 
     def examples_before(self, step: int) -> int:
         """Examples trained on by the first `step` steps."""
-        growth_steps = self.growth_sizes.size
-        if step <= growth_steps:
-            return int(self._examples_after_growth_steps[step])
-        return int(self._examples_after_growth_steps[-1]) + (step - growth_steps) * self.global_batch_size
+        first_steps, examples = self._stretch_starts
+        if step >= self.growth_steps:
+            return int(examples[-1]) + (step - self.growth_steps) * self.global_batch_size
+        stretch = np.searchsorted(first_steps, step, side="right") - 1
+        return int(examples[stretch] + (step - first_steps[stretch]) * self._stretches[0][stretch])
 
     def base_batches_before(self, step: int) -> int:
         """Base batches of the order consumed by the first `step` steps: the stream's position after them."""
@@ -82,8 +95,11 @@ class BatchSchedule:
 
     def steps_for_tokens(self, tokens: float, tokens_per_example: float) -> int:
         """The fewest steps that train on `tokens` tokens, at `tokens_per_example` tokens an example."""
-        grown = self._examples_after_growth_steps
-        if tokens <= grown[-1] * tokens_per_example:
-            return int(np.searchsorted(grown * tokens_per_example, tokens, side="left"))
-        remaining = tokens - grown[-1] * tokens_per_example
-        return self.growth_sizes.size + math.ceil(remaining / (tokens_per_example * self.global_batch_size))
+        first_steps, examples = self._stretch_starts
+        stretch = int(np.searchsorted(examples * tokens_per_example, tokens, side="left")) - 1
+        if stretch >= len(self._stretches[0]):  # more tokens than the growth takes
+            stretch, size = len(self._stretches[0]), self.global_batch_size
+        else:
+            size = int(self._stretches[0][stretch])
+        remaining = tokens - examples[stretch] * tokens_per_example
+        return int(first_steps[stretch]) + max(0, math.ceil(remaining / (tokens_per_example * size)))

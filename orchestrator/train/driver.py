@@ -240,7 +240,7 @@ def print_batch_warmup(plan: RunPlan) -> None:
     schedule = plan.schedule
     if schedule is None or not schedule.grows:
         return
-    steps = schedule.growth_sizes.size
+    steps = schedule.growth_steps
     say(
         f"Batch size warmup: {schedule.base_batch_size} -> {schedule.global_batch_size} examples over the "
         f"first {steps} steps ({schedule.examples_before(steps):,} examples, about "

@@ -15,7 +15,8 @@ BASE, FULL, WARMUP_EXAMPLES = 8, 48, 600
 
 def test_the_batch_grows_in_whole_base_batches_linearly_in_the_examples_then_stays_full():
     schedule = BatchSchedule(FULL, BASE, WARMUP_EXAMPLES)
-    growth = schedule.growth_sizes.size
+    growth = schedule.growth_steps
+    assert growth > 10
     sizes = [schedule.batch_size(step) for step in range(growth + 5)]
     assert sizes[0] == BASE and sizes[growth:] == [FULL] * 5
     assert sizes == sorted(sizes) and all(size % BASE == 0 for size in sizes)
@@ -27,6 +28,19 @@ def test_the_batch_grows_in_whole_base_batches_linearly_in_the_examples_then_sta
     # The full batch comes once the warmup's examples are trained on, not before.
     assert schedule.examples_before(growth - 1) < WARMUP_EXAMPLES <= schedule.examples_before(growth) + FULL
     assert schedule.examples_before(growth + 3) == sum(sizes[: growth + 3])
+
+
+def test_modernberts_warmup_is_planned_at_once_and_matches_the_line_at_every_step():
+    """768 -> 4,608 sequences over 50B tokens of 1,024: 29,035 steps, planned from a few numbers."""
+    span = 50_000_000_000 // 1024
+    schedule = BatchSchedule(4608, 768, span)
+    assert schedule.sizes == [768, 1536, 2304, 3072, 3840, 4608]
+    growth = schedule.growth_steps
+    assert schedule.examples_before(growth - 1) < span <= schedule.examples_before(growth)
+    for step in range(0, growth, 97):
+        size, seen = schedule.batch_size(step), schedule.examples_before(step)
+        assert size <= 768 + 3840 * seen / span < size + 768
+        assert schedule.examples_before(step + 1) - seen == size
 
 
 def test_a_fixed_batch_is_one_base_batch_a_step():
@@ -97,7 +111,7 @@ def test_a_step_is_the_next_base_batches_of_the_order_on_any_worker_count_and_fr
         gathered = global_batches(order, schedule, world_size, 0, steps)
         assert [sorted(b) for b in gathered] == [sorted(b) for b in expected], world_size
     # A resume mid-warmup and one after it, on another worker count, read the same steps on.
-    for resume_at in (5, schedule.growth_sizes.size + 3):
+    for resume_at in (5, schedule.growth_steps + 3):
         resumed = global_batches(order, schedule, 2, resume_at, steps)
         assert [sorted(b) for b in resumed] == [sorted(b) for b in expected[resume_at:]]
 

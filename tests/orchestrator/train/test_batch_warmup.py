@@ -55,7 +55,7 @@ def test_a_killed_two_worker_run_with_a_growing_batch_equals_the_uninterrupted_o
     schedule, runs = warmup_runs["schedule"], warmup_runs["runs"]
     sizes = [schedule.batch_size(step) for step in range(STEPS)]
     # The warmup spans the checkpoint the run resumes from and the kill; the batch grows after the resume.
-    assert sizes[0] == START and sizes[-1] == FULL and schedule.growth_sizes.size > KILL_AT
+    assert sizes[0] == START and sizes[-1] == FULL and schedule.growth_steps > KILL_AT
     assert sizes[EVERY * 2 - 1] < sizes[KILL_AT - 1] < FULL
 
     # The fault happened: rank 1's process died at step 8; both ranks went on from the checkpoint of step 6.
