@@ -1,5 +1,6 @@
 """Corpus reading, tokenizer, sentence-pair examples, masking and the Ray Data pipelines."""
 
+from data.batch_schedule import BatchSchedule
 from data.builtin_corpus import builtin_corpus_path
 from data.config import MaskingConfig, PrepareConfig, StreamConfig, TokenizerConfig
 from data.errors import DataError
@@ -20,6 +21,7 @@ from data.stream import (
 from data.tokenizer import load_tokenizer, tokenizer_hash, train_tokenizer
 
 __all__ = [
+    "BatchSchedule",
     "EpochOrder",
     "ExactBatches",
     "PadAndCollate",

@@ -20,6 +20,10 @@ four seeded steps per epoch:
    such partitions); so the data read per epoch stays about 1x, at 8 ranks as at 512, where a rank that read
    every shard to pick its rows would make the bucket traffic grow with the rank count.
 
+With a batch that grows over the first steps (`data.batch_schedule`), the order is built on the base batch
+(the warmup's start size) and a step's global batch is the next k of its batches: B below is that base
+batch, and "step" one base batch.
+
 Why py1b's fixed windows and not py1e's overlapping ranges: a window is exactly what one read task of a rank
 reads and shuffles, in bounded memory (about `shuffle_window` rows per partition), with nothing carried from
 one task to the next; py1e's smoother window edges would need two windows in memory at once. The mixing a

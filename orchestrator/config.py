@@ -137,9 +137,35 @@ class ProbeConfig:
 
 
 @dataclass
+class BatchSizeWarmupConfig:
+    """The global batch grows from `start` to train.global_batch_size over the first `tokens` tokens
+    (ModernBERT's batch size warmup), in whole multiples of `start`: the global batch of a step is the next
+    k batches of `start` examples of the epoch's order (`data.batch_schedule`)."""
+
+    start: int = 0
+    """The first steps' global batch; it must divide train.global_batch_size, and the worker count must
+    divide it. 0 = no warmup (the default)."""
+    tokens: int = 0
+    """Tokens over which the batch grows linearly, counted as train.max_tokens counts them: examples x the
+    prepared data's mean tokens per example (from its manifest), so the batch of every step is known before
+    the run starts. optim.warmup_steps still counts optimizer steps, of whatever size."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.start > 0
+
+    def validate(self) -> None:
+        _check_non_negative(self, "start", "tokens")
+        if (self.start > 0) != (self.tokens > 0):
+            raise InvalidSetting(None, "set both start and tokens (both 0: no warmup)")
+
+
+@dataclass
 class TrainConfig:
     global_batch_size: int = 32
     """Examples per optimizer step over all workers: a property of the run, whatever the worker count."""
+    batch_size_warmup: BatchSizeWarmupConfig = field(default_factory=BatchSizeWarmupConfig)
+    """Grow the global batch over the first tokens of the run (off by default)."""
     micro_batch_size: int = 32
     """Most examples one worker runs in one forward/backward; more per worker means gradient accumulation."""
     max_steps: int | None = None
@@ -165,6 +191,14 @@ class TrainConfig:
             raise InvalidSetting("probes", f"must have different names, got {names}")
         _check_positive(self, "global_batch_size", "micro_batch_size", "max_steps", "max_tokens", "log_every")
         _check_non_negative(self, "eval_every")
+        start = self.batch_size_warmup.start
+        if start and (start >= self.global_batch_size or self.global_batch_size % start):
+            starts = [n for n in range(1, self.global_batch_size) if self.global_batch_size % n == 0]
+            raise InvalidSetting(
+                "batch_size_warmup.start",
+                f"must divide global_batch_size={self.global_batch_size} and be smaller, got {start}; "
+                f"starts that do: {', '.join(map(str, starts[-12:]))}",
+            )
 
 
 @dataclass

@@ -141,6 +141,7 @@ def check_submittable(config: JobConfig) -> list[str]:
         config.train.micro_batch_size,
         config.scaling.num_workers,
         uneven=config.scaling.elastic,
+        base_batch_size=config.train.batch_size_warmup.start,
     )
     return local_paths(config)
 

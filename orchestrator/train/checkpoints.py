@@ -58,11 +58,12 @@ class TrainState:
     step: int = 0
     """Optimizer steps done."""
     consumed_samples: int = 0
-    """Examples trained on: step x global batch size."""
+    """Examples trained on: step x global batch size (less while the batch grows)."""
     data_epoch: int = 0
     """Epoch of the data stream the next step reads from (it picks that epoch's masks)."""
     data_step_in_epoch: int = 0
-    """Global batches of that epoch already consumed."""
+    """Base batches of that epoch already consumed (`data.batch_schedule`): global batches when the batch
+    does not grow, else batches of train.batch_size_warmup.start examples."""
     world_size: int = 1
     """Workers of the run that wrote the checkpoint (a resume may use another count)."""
     data_order: dict[str, Any] = field(default_factory=dict)

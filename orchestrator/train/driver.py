@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -33,7 +32,16 @@ from common.redact import redact
 from data.manifest import MANIFEST_FILE
 from model import EncoderConfig
 from orchestrator.config import JobConfig, with_absolute_paths
-from orchestrator.run import BatchPlan, Run, RunPlan, data_order_identity, epoch_order, plan_batches
+from orchestrator.run import (
+    BatchPlan,
+    Run,
+    RunPlan,
+    batch_schedule,
+    data_order_identity,
+    epoch_order,
+    plan_batches,
+    plan_step_batches,
+)
 from orchestrator.run_dir import RunDir, RunLock
 from orchestrator.tracking.dataset import manifest_hash
 from orchestrator.tracking.metrics import CHECKPOINT_TAG
@@ -110,6 +118,7 @@ def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.Use
         config.train.micro_batch_size,
         config.scaling.num_workers,
         uneven=config.scaling.elastic,
+        base_batch_size=config.train.batch_size_warmup.start,
     )
     check_resources(
         config.scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]]
@@ -123,6 +132,7 @@ def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.Use
     run = build_run(config, run_dir, manifest, batch, model, probes)
     check_resume_point(resume, run)
     print_resume_point(resume, run.plan.total_steps)
+    print_batch_warmup(run.plan)
     resolved = config.to_dict()
     run_dir.update_run_json(config=resolved, plan=dataclasses.asdict(run.plan))
 
@@ -174,16 +184,23 @@ def build_run(
     evaluates = config.train.eval_every > 0 and manifest.counts["examples"].get("eval", 0) > 0
     eval_split = data.load_split(config.data.prepared_dir, "eval") if evaluates else None
     try:
-        steps_per_epoch = epoch_order(config, train_split).steps_per_epoch
+        order = epoch_order(config, train_split)
     except data.DataError as error:
-        raise UserError(f"{error} (train.global_batch_size={config.train.global_batch_size})") from None
+        raise UserError(f"{error} ({_batch_settings(config)})") from None
+    tokens_per_example = manifest.counts["tokens"] / max(1, sum(manifest.counts["examples"].values()))
+    schedule = batch_schedule(config, tokens_per_example)
+    # Every global batch size the run steps through must split over the workers (checked before Ray starts).
+    plan_step_batches(schedule, config.train.micro_batch_size, batch.num_workers, config.scaling.elastic)
+    steps_per_epoch = train_split.num_examples // config.train.global_batch_size
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"the split has {train_split.num_examples} examples, fewer than one global batch "
+            f"({config.train.global_batch_size}): use a bigger corpus or a smaller batch"
+        )
     if config.train.max_steps is not None:
         total_steps = config.train.max_steps
     else:  # a token budget, in steps of the prepared data's mean example length
-        tokens_per_example = manifest.counts["tokens"] / max(1, sum(manifest.counts["examples"].values()))
-        total_steps = math.ceil(
-            config.train.max_tokens / (tokens_per_example * config.train.global_batch_size)
-        )
+        total_steps = schedule.steps_for_tokens(config.train.max_tokens, tokens_per_example)
     plan = RunPlan(
         batch=batch,
         total_steps=total_steps,
@@ -192,8 +209,18 @@ def build_run(
         pad_token_id=manifest.special_token_ids["pad"],
         max_seq_length=manifest.settings.max_seq_length,
         data_order=data_order_identity(config, manifest_hash(config.data.prepared_dir)),
+        schedule=schedule,
+        base_batches_per_epoch=order.steps_per_epoch,
+        tokens_per_example=tokens_per_example,
     )
     return Run(config, run_dir, plan, train_split, eval_split, probes)
+
+
+def _batch_settings(config: JobConfig) -> str:
+    shown = f"train.global_batch_size={config.train.global_batch_size}"
+    if config.train.batch_size_warmup.enabled:
+        shown += f", train.batch_size_warmup.start={config.train.batch_size_warmup.start}"
+    return shown
 
 
 def fit(trainer: TorchTrainer, run_dir: RunDir) -> ray.train.Result:
@@ -207,6 +234,18 @@ def fit(trainer: TorchTrainer, run_dir: RunDir) -> ray.train.Result:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, handler)
+
+
+def print_batch_warmup(plan: RunPlan) -> None:
+    schedule = plan.schedule
+    if schedule is None or not schedule.grows:
+        return
+    steps = schedule.growth_steps
+    say(
+        f"Batch size warmup: {schedule.base_batch_size} -> {schedule.global_batch_size} examples over the "
+        f"first {steps} steps ({schedule.examples_before(steps):,} examples, about "
+        f"{schedule.examples_before(steps) * plan.tokens_per_example:,.0f} tokens)."
+    )
 
 
 def print_resume_point(resume: ResumePoint, total_steps: int) -> None:

@@ -70,13 +70,14 @@ def check_data_fits_model(job: JobConfig, manifest: data.Manifest, model: Encode
 def check_resume_keeps_order(config: JobConfig, resume: ResumePoint) -> None:
     """A resume reads exactly the examples the uninterrupted run would have read: refused, before anything
     is built, when a setting the data order is made from differs from the one its checkpoint was trained
-    with (the seed, the global batch, the partitions and window, the prepared data and its settings)."""
+    with (the seed, the global batch and its warmup, the partitions and window, the prepared data and its
+    settings). A setting that a checkpoint of an earlier version does not record had its default then."""
     saved = resume.train_state.get("config")
     if resume.path is None or not saved:
         return
-    now = redact(config.to_dict())
+    now, defaults = redact(config.to_dict()), JobConfig().to_dict()
     for key in ORDER_SETTINGS:
-        before, after = _setting(saved, key), _setting(now, key)
+        before, after = _setting(saved, key, _setting(defaults, key)), _setting(now, key)
         if before != after:
             raise UserError(
                 f"this run resumes from {_name(resume)}, trained with {key}={before!r}; with {key}={after!r} "
@@ -103,6 +104,7 @@ def check_resume_point(resume: ResumePoint, run: Run) -> None:
 ORDER_SETTINGS = (
     "train.seed",
     "train.global_batch_size",
+    "train.batch_size_warmup",
     "stream.partitions",
     "stream.shuffle_window",
     "data.prepared_dir",
@@ -110,9 +112,15 @@ ORDER_SETTINGS = (
 )
 
 
-def _setting(config: dict[str, Any], dotted: str) -> Any:
+_MISSING = object()
+
+
+def _setting(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """The value of a dotted key in a config mapping; `default` when the mapping lacks it."""
     for part in dotted.split("."):
-        config = config.get(part, {}) if isinstance(config, dict) else {}
+        config = config.get(part, _MISSING) if isinstance(config, dict) else _MISSING
+        if config is _MISSING:
+            return default
     return config
 
 

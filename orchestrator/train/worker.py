@@ -24,7 +24,7 @@ from common.ray_internals import quiet_ray_console
 from data import make_collate_fn, rank_eval_stream
 from model import compile_model, family_of
 from orchestrator.config import ScalingConfig
-from orchestrator.run import Run, plan_batches
+from orchestrator.run import Run, plan_step_batches
 from orchestrator.tracking.system_metrics import start_node_monitor
 from orchestrator.train.batches import start_train_stream, step_batches
 from orchestrator.train.checkpointer import Checkpointer
@@ -91,10 +91,13 @@ class Worker:
 
         collate = make_collate_fn(config.masking, run.plan.max_seq_length, run.plan.pad_token_id)
         # Ray Train may start an elastic run with fewer workers than planned: split for the actual count.
-        batch = plan_batches(
-            config.train.global_batch_size, config.train.micro_batch_size, self.world_size, uneven=True
+        schedule = run.plan.schedule
+        plans = plan_step_batches(schedule, config.train.micro_batch_size, self.world_size, uneven=True)
+        micro_batch_sizes = (
+            plans[schedule.batch_size(step)].micro_batch_sizes(self.rank)
+            for step in range(self.state.step, run.plan.total_steps)
         )
-        self.batches = step_batches(rows, batch, self.rank, collate, self.device)
+        self.batches = step_batches(rows, micro_batch_sizes, collate, self.device)
         self.metrics = MetricsWindow(
             self.device, self.model.config, config.train.log_every, run.plan.total_steps
         )
@@ -140,12 +143,15 @@ class Worker:
     def advance(self) -> TrainState:
         """The position after the step just trained."""
         step, plan = self.state.step + 1, self.run.plan
+        data_epoch, base_batches_in_epoch = divmod(
+            plan.schedule.base_batches_before(step), plan.base_batches_per_epoch
+        )
         return dataclasses.replace(
             self.state,
             step=step,
-            consumed_samples=step * plan.batch.global_batch_size,
-            data_epoch=step // plan.steps_per_epoch,
-            data_step_in_epoch=step % plan.steps_per_epoch,
+            consumed_samples=plan.schedule.examples_before(step),
+            data_epoch=data_epoch,
+            data_step_in_epoch=base_batches_in_epoch,
             world_size=self.world_size,
         )
 
@@ -157,9 +163,12 @@ class Worker:
         probe = self.prober is not None and self.prober.due(step)
         if not (log or evaluate or probe or self.checkpointer.due(step)):
             return
+        plan = self.run.plan
         metrics: dict[str, Any] = {
             "step": step,
+            "train/global_batch_size": plan.schedule.batch_size(step - 1),
             "data/consumed_samples": self.state.consumed_samples,
+            "data/consumed_tokens": round(self.state.consumed_samples * plan.tokens_per_example),
             "data/epoch": self.state.data_epoch,
         }
         if log:
@@ -169,7 +178,10 @@ class Worker:
         if probe:
             metrics |= self.prober.probe(self.model.bert, step)
         if self.rank == 0:
-            say(progress_line(metrics, self.run.plan.total_steps))
+            line = progress_line(metrics, plan.total_steps)
+            if plan.schedule.grows:  # the batch warmup on the console too
+                line += f"  |  batch {metrics['train/global_batch_size']}"
+            say(line)
         self.checkpointer.report(metrics, self.state)
 
     def report_initial_evaluation(self) -> None:

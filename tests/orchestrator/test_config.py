@@ -113,6 +113,8 @@ def test_a_recipe_path_works_as_well_as_a_name(tmp_path):
         ("masking.mlm_probability=1.5", "mlm_probability is 1.5"),
         ("data.prepare.objective=mlm", "set model.use_nsp: false"),
         ("data.tokenizer.vocab_size=big", "data.tokenizer.vocab_size: expected int"),
+        ("train.batch_size_warmup.start=8", "train.batch_size_warmup: set both start and tokens"),
+        ("train.batch_size_warmup.tokens=-1", "train.batch_size_warmup.tokens must be >= 0, got -1"),
         ("lr", "must look like section.key=value"),
         ("data.corpus=[a, b", "--set data.corpus=[a, b: the value is not valid YAML"),
     ],
@@ -121,6 +123,19 @@ def test_bad_settings_are_refused_naming_the_key_and_choices(override, expected)
     with pytest.raises(UserError) as error:
         load_config("debug", [override])
     assert expected in str(error.value)
+
+
+def test_a_batch_warmup_starts_at_a_size_that_divides_the_global_batch():
+    warmup = ["train.batch_size_warmup.start=8", "train.batch_size_warmup.tokens=100000"]
+    assert load_config("debug", warmup).train.batch_size_warmup.enabled
+    assert not load_config("debug").train.batch_size_warmup.enabled  # off by default
+    for start in (12, 32):
+        with pytest.raises(UserError) as error:
+            load_config("debug", [f"train.batch_size_warmup.start={start}", warmup[1]])
+        assert (
+            f"train.batch_size_warmup.start must divide global_batch_size=32 and be smaller, got {start}; "
+            "starts that do: 1, 2, 4, 8, 16"
+        ) in str(error.value)
 
 
 def test_num_workers_takes_a_count_or_an_elastic_range(capsys):

@@ -9,9 +9,10 @@ import torch
 
 from common import storage
 from common.errors import UserError
+from data import BatchSchedule
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import OptimConfig, ScalingConfig
-from orchestrator.run import plan_batches
+from orchestrator.run import plan_batches, plan_step_batches
 from orchestrator.train.checkpoints import (
     Trainables,
     TrainState,
@@ -89,6 +90,29 @@ def test_a_worker_count_that_does_not_divide_the_batch_is_refused_with_the_count
     with pytest.raises(UserError, match="3 workers do not divide train.global_batch_size=32") as error:
         plan_batches(32, 16, 3)
     assert "worker counts that do: 1, 2, 4, 8, 16, 32" in str(error.value)
+
+
+def test_a_growing_batch_splits_each_base_batch_over_the_workers_at_every_size():
+    schedule = BatchSchedule(32, 8, 100)
+    plans = plan_step_batches(schedule, 8, 2)
+    assert sorted(plans) == [8, 16, 24, 32]
+    # Each rank gives half of every base batch; micro-steps grow with the batch, at most 8 examples each.
+    assert [(p.per_worker_batch_size, p.accumulation_steps) for p in plans.values()] == [
+        (4, 1), (8, 1), (12, 2), (16, 2)
+    ]
+    for size, plan in plans.items():
+        assert sum(sum(plan.micro_batch_sizes(rank)) for rank in range(2)) == size
+    # An elastic count: the first rank takes one more of each base batch (3 + 3 + 2 of 8).
+    elastic = plan_step_batches(schedule, 8, 3, uneven=True)
+    assert [elastic[24].worker_batch_size(rank) for rank in range(3)] == [9, 9, 6]
+    # A fixed batch plans as before: one size, the plain split.
+    assert plan_step_batches(BatchSchedule(32, 32), 16, 2) == {32: plan_batches(32, 16, 2)}
+
+
+def test_a_worker_count_that_does_not_divide_the_warmup_start_is_refused_with_the_counts_that_do():
+    with pytest.raises(UserError, match="4 workers do not divide train.batch_size_warmup.start=6") as error:
+        plan_batches(48, 16, 4, base_batch_size=6)
+    assert "worker counts that do: 1, 2, 3, 6" in str(error.value)
 
 
 def test_resources_that_can_never_be_met_are_named():

@@ -16,10 +16,12 @@ from common import storage
 from common.errors import UserError
 from data import PrepareConfig, TokenizerConfig
 from model import BertConfig, BertForPreTraining
+from orchestrator.config import load_config
 from orchestrator.run_dir import checkpoint_name
 from orchestrator.train.checkpoints import (
     OPTIMIZER_FILE,
     TRAIN_STATE_FILE,
+    ResumePoint,
     Trainables,
     TrainState,
     rng_state,
@@ -27,7 +29,11 @@ from orchestrator.train.checkpoints import (
 )
 from orchestrator.train.driver import train
 from orchestrator.train.optim import build_optimizer, build_scheduler
-from orchestrator.train.preflight import PREPARED_MARKER_FILE, ensure_prepared_data
+from orchestrator.train.preflight import (
+    PREPARED_MARKER_FILE,
+    check_resume_keeps_order,
+    ensure_prepared_data,
+)
 from tests.orchestrator.conftest import make_job, save_donor, write_corpus
 from tests.orchestrator.reports import ReportRecorder, read_failures
 
@@ -130,3 +136,17 @@ def test_a_checkpoint_damaged_inside_fails_the_run_once_naming_the_file(tmp_path
     with pytest.raises(UserError, match="checkpoint checkpoint_000000002: optimizer.pt cannot be read"):
         train(job, callbacks=[ReportRecorder(tmp_path / "reports.jsonl")])
     assert len(read_failures(tmp_path / "reports.jsonl")) == 1  # no restart
+
+
+def test_a_checkpoint_from_before_the_batch_warmup_resumes_and_refuses_one_being_added():
+    """A checkpoint whose saved config has no train.batch_size_warmup (an earlier version) had none: it
+    resumes as it is, and a warmup added on resume is refused (it would read other examples)."""
+    job = load_config("debug")
+    saved = job.to_dict()
+    del saved["train"]["batch_size_warmup"]
+    resume = ResumePoint("runs/debug/checkpoint_000000004", 4, [], {"step": 4, "config": saved})
+    check_resume_keeps_order(job, resume)
+    warmup = ["train.batch_size_warmup.start=8", "train.batch_size_warmup.tokens=1000"]
+    with pytest.raises(UserError) as refused:
+        check_resume_keeps_order(load_config("debug", warmup), resume)
+    assert "trained with train.batch_size_warmup={'start': 0, 'tokens': 0}" in str(refused.value)
