@@ -49,6 +49,7 @@ def test_the_modernbert_recipes_follow_the_published_phases():
         assert (phase.model.family, phase.model.use_nsp, phase.model.dropout) == ("modernbert", False, 0.0)
         assert (phase.data.prepare.objective, phase.masking.mlm_probability) == ("mlm", 0.3)
     assert (main.model.preset, main.model.global_rope_theta) == ("mini", 10_000.0)
+    assert (main.train.batch_size_warmup.start, main.train.global_batch_size) == (32, 128)
     assert decay.checkpoint.init_from == context.checkpoint.init_from == "runs/modernbert-main/final"
     assert (context.model.global_rope_theta, context.model.max_position_embeddings) == (160_000.0, 512)
     assert context.data.prepare.max_seq_length > main.data.prepare.max_seq_length
