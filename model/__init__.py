@@ -6,6 +6,7 @@
 torch.compile from outside.
 The second family, ModernBERT (model/modernbert.py): `ModernBertConfig` and its `MODERNBERT_PRESETS`,
 `ModernBertForPreTraining` (MLM only, the same batch and output as BERT's), HF import/export beside it.
+`Family` and `FAMILIES` (model/families.py): per family its config, presets, model, HF import/export.
 """
 
 from model.bert import (
@@ -18,6 +19,16 @@ from model.bert import (
     compile_model,
 )
 from model.config import ARCHITECTURE_FIELDS, PRESETS, BertConfig
+from model.families import (
+    FAMILIES,
+    EncoderConfig,
+    Family,
+    PretrainingModel,
+    config_from_checkpoint_json,
+    family_named,
+    family_of,
+    read_hf_family,
+)
 from model.heads import BertForSequenceClassification, ClassificationOutput
 from model.hf import CheckpointError
 from model.modernbert import PRESETS as MODERNBERT_PRESETS
@@ -25,6 +36,7 @@ from model.modernbert import ModernBertConfig, ModernBertForPreTraining, ModernB
 
 __all__ = [
     "ARCHITECTURE_FIELDS",
+    "FAMILIES",
     "IGNORE_INDEX",
     "MODERNBERT_PRESETS",
     "PRESETS",
@@ -34,11 +46,18 @@ __all__ = [
     "BertModel",
     "CheckpointError",
     "ClassificationOutput",
+    "EncoderConfig",
+    "Family",
     "ModernBertConfig",
     "ModernBertForPreTraining",
     "ModernBertModel",
+    "PretrainingModel",
     "PretrainingOutput",
     "TokenLayout",
     "attention_path",
     "compile_model",
+    "config_from_checkpoint_json",
+    "family_named",
+    "family_of",
+    "read_hf_family",
 ]

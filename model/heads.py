@@ -36,6 +36,25 @@ class ClassificationOutput:
     """(B, num_labels); for regression (B, 1), the predicted number."""
 
 
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor | None, normalizer: float | torch.Tensor | None
+) -> torch.Tensor:
+    """The summed cross-entropy (or squared error, for one output) of `logits` (B, num_labels) against
+    `labels` (B,) / `normalizer` (default: the batch size); IGNORE_INDEX or NaN labels count nothing; 0
+    without labels."""
+    if labels is None:
+        return torch.zeros((), device=logits.device)
+    normalizer = labels.shape[0] if normalizer is None else normalizer
+    if logits.shape[1] == 1:
+        counted = ~labels.isnan()  # a NaN target would make a NaN gradient even when left out
+        errors = (logits.squeeze(1).float() - labels.float().nan_to_num(0.0)).square()  # (B,)
+        return (errors * counted).sum() / normalizer
+    return (
+        F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="sum")
+        / normalizer
+    )
+
+
 class BertForSequenceClassification(nn.Module):
     def __init__(self, config: BertConfig, num_labels: int):
         super().__init__()
@@ -65,18 +84,7 @@ class BertForSequenceClassification(nn.Module):
         hidden_states, layout = self.bert.encode(input_ids, token_type_ids, attention_mask)
         pooled = self.bert.pool(hidden_states, layout)  # (B, H)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
-        loss = torch.zeros((), device=input_ids.device)
-        if labels is not None:
-            normalizer = labels.shape[0] if normalizer is None else normalizer
-            if self.is_regression:
-                counted = ~labels.isnan()  # a NaN target would make a NaN gradient even when left out
-                errors = (logits.squeeze(1).float() - labels.float().nan_to_num(0.0)).square()  # (B,)
-                loss = (errors * counted).sum() / normalizer
-            else:
-                loss = F.cross_entropy(
-                    logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="sum"
-                ) / normalizer
-        return ClassificationOutput(loss=loss, logits=logits)
+        return ClassificationOutput(loss=classification_loss(logits, labels, normalizer), logits=logits)
 
     def save_hf(self, path: str | Path, label_names: list[str] | None = None) -> None:
         """Write config.json and model.safetensors that `transformers.BertForSequenceClassification` loads,

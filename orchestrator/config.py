@@ -25,7 +25,7 @@ from common.errors import InvalidSetting, UserError
 from common.redact import REDACTED, is_secret_key
 from data.config import MaskingConfig, PrepareConfig, StreamConfig, TokenizerConfig
 from data.readers import BUILTIN_CORPUS_WORD
-from model import PRESETS
+from model import FAMILIES
 
 AUTO_PRESET = "auto"
 """model.preset: take the sizes of checkpoint.init_from (tiny when training from scratch)."""
@@ -35,28 +35,57 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 @dataclass
 class ModelConfig:
+    family: Literal["bert", "modernbert"] = "bert"
+    """The encoder family: bert (MLM + NSP, post-LayerNorm, learned positions) or modernbert (MLM only:
+    pre-LayerNorm, rotary positions, GeGLU, alternating global and sliding-window attention)."""
     preset: str = "auto"
-    """Named size from model.PRESETS: tiny, mini, small, medium, base, large (vocabulary from the data);
-    "auto": the sizes of checkpoint.init_from when given, else tiny. A preset that contradicts
-    checkpoint.init_from is refused."""
+    """Named size of the family (model.FAMILIES[family].presets): bert tiny, mini, small, medium, base,
+    large; modernbert tiny, mini, base, large (vocabulary from the data). "auto": the sizes of
+    checkpoint.init_from when given, else tiny. A preset that contradicts checkpoint.init_from is refused."""
     use_nsp: bool = True
-    """Train the next-sentence-prediction head as well as MLM (False: MLM only, as RoBERTa)."""
+    """Train the next-sentence-prediction head as well as MLM (False: MLM only, as RoBERTa). bert only."""
     activation_checkpointing: bool = False
     """Recompute encoder layers in the backward pass to save activation memory."""
     dropout: float = 0.1
-    """Hidden and attention dropout (BERT's 0.1; 0 makes steps deterministic)."""
+    """Hidden and attention dropout (BERT's 0.1; ModernBERT's is 0; 0 makes steps deterministic)."""
     compile: bool = False
     """Compile the encoder layers with torch.compile."""
     unpadded_attention: Literal["sdpa", "varlen"] = "sdpa"
     """On GPU, the attention of batches with padding (which run on their real tokens only): "sdpa" (nested
     tensors through scaled_dot_product_attention, with attention dropout) or "varlen" (torch's varlen_attn,
     without attention dropout). The run's first line says which one it took."""
+    global_rope_theta: float | None = None
+    """modernbert: the rotary theta of the global-attention layers; None = the preset's (160,000) or the
+    checkpoint.init_from's. A new value with init_from is context extension (weights keep their shapes)."""
+    max_position_embeddings: int | None = None
+    """modernbert: the longest sequence the model is for (rotary positions have no table); None = the
+    preset's (8,192) or the checkpoint.init_from's. Raise it with global_rope_theta to extend the context."""
 
     def validate(self) -> None:
-        if self.preset not in (AUTO_PRESET, *PRESETS):
+        family = FAMILIES[self.family]
+        if self.preset not in (AUTO_PRESET, *family.presets):
             raise InvalidSetting(
-                "preset", f": {self.preset!r} is not one of {', '.join((*PRESETS, AUTO_PRESET))}"
+                "preset",
+                f": {self.preset!r} is not one of {', '.join((*family.presets, AUTO_PRESET))} (the "
+                f"{self.family} presets)",
             )
+        if self.use_nsp and not family.has_nsp:
+            raise InvalidSetting(
+                "use_nsp",
+                f"is true but {self.family} has no next-sentence head (MLM only): set model.use_nsp: false "
+                "and data.prepare.objective: mlm",
+            )
+        for key in self.retunable_fields():
+            if key not in family.retunable_fields:
+                raise InvalidSetting(
+                    key, f"is set but {self.family} has no such setting: drop it (it is a modernbert setting)"
+                )
+        _check_positive(self, "max_position_embeddings", "global_rope_theta")
+
+    def retunable_fields(self) -> dict[str, Any]:
+        """The model fields this section sets over the preset's or the init_from checkpoint's."""
+        fields = ("global_rope_theta", "max_position_embeddings")
+        return {key: getattr(self, key) for key in fields if getattr(self, key) is not None}
 
 
 @dataclass
@@ -318,6 +347,12 @@ class JobConfig:
 
     def validate(self) -> None:
         """The settings that are valid alone but not together (each section checks its own first)."""
+        if self.data.prepare.objective != "mlm" and not FAMILIES[self.model.family].has_nsp:
+            raise InvalidSetting(
+                None,
+                f"data.prepare.objective is {self.data.prepare.objective!r} but model.family "
+                f"{self.model.family} has no next-sentence head: set data.prepare.objective: mlm",
+            )
         if self.data.prepare.objective == "mlm" and self.model.use_nsp:
             raise InvalidSetting(
                 None, "data.prepare.objective is 'mlm' (no sentence pairs): set model.use_nsp: false"

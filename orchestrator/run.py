@@ -16,7 +16,7 @@ from typing import Any
 
 from common.errors import UserError
 from data import BatchSchedule, EpochOrder, PreparedSplit, batch_slices
-from model import BertConfig
+from model import EncoderConfig
 from orchestrator.config import JobConfig
 from orchestrator.run_dir import RunDir
 
@@ -102,7 +102,7 @@ class RunPlan:
     batch: BatchPlan
     total_steps: int
     steps_per_epoch: int
-    model: BertConfig
+    model: EncoderConfig
     """A preset's sizes or those of checkpoint.init_from, the data's vocabulary."""
     pad_token_id: int
     max_seq_length: int

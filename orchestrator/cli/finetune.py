@@ -17,11 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "finetune",
         help="fine-tune a pretrained model on a labelled set (classification or regression)",
-        description="Fine-tune MODEL with BERT's classification head (dropout + linear on the pooled [CLS]) "
+        description="Fine-tune MODEL with its family's classification head (BERT: dropout + linear on the "
+        "pooled [CLS]; ModernBERT: transformers' ModernBertForSequenceClassification head) "
         "on Ray Train DDP workers, scoring the eval set after every epoch and keeping the best epoch. "
         "Prints accuracy, macro-F1 (and Matthews correlation for two classes), or Pearson and Spearman for "
         "regression; with --seeds N each seed's score and their median and spread. Writes OUT/final/ (an HF "
-        "BertForSequenceClassification folder with its tokenizer and labels) and OUT/finetune.json, and "
+        "BertForSequenceClassification or ModernBertForSequenceClassification folder with its tokenizer and "
+        "labels) and OUT/finetune.json, and "
         "records an MLflow run (a nested run per seed), in the pretraining run's experiment when MODEL "
         "comes from a run. Data: CSV/TSV, JSONL, Parquet or a saved HF datasets folder, local or in a "
         "bucket.",

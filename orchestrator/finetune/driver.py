@@ -28,6 +28,7 @@ from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from common.redact import redact, redact_text
 from data.labelled import Fields, LabelledData, load_labelled_data
 from data.tokenizer import TOKENIZER_FILES
+from model import family_of
 from orchestrator.config import (
     CheckpointConfig,
     JobConfig,
@@ -113,9 +114,8 @@ def finetune(
 
     model_config = loaded.model.config
     if settings.dropout is not None:
-        model_config = dataclasses.replace(
-            model_config, hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout
-        )
+        dropouts = dict.fromkeys(family_of(model_config).dropout_fields, settings.dropout)
+        model_config = dataclasses.replace(model_config, **dropouts)
     plan = RunPlan(
         batch, total_steps, steps_per_epoch, model_config, model_config.pad_token_id, max_seq_length
     )

@@ -1,6 +1,7 @@
 """The fine-tuning worker: what Ray Train runs on every rank for one seed.
 
-Pretraining's pieces with a classification head: the model is `model.heads.BertForSequenceClassification`
+Pretraining's pieces with a classification head: the model is the family's classifier
+(`model.heads.BertForSequenceClassification`, `model.modernbert_heads.ModernBertForSequenceClassification`)
 on the pretrained encoder's weights, wrapped for DDP by `ray.train.torch.prepare_model`; the optimizer and
 schedule are train/'s (AdamW, linear warmup and decay); a step is train/'s `TrainStep`, whose loss
 accounting makes the update that of one big batch: the sum of the examples' losses divided by the number of
@@ -33,7 +34,7 @@ import torch.distributed as dist
 from common.batch import IGNORE_INDEX
 from common.console import say
 from data import batch_slices
-from model import BertForSequenceClassification
+from model import family_of
 from orchestrator.finetune.metrics import PRIMARY, scores
 from orchestrator.finetune.run import RESULT_FILE, FinetuneRun
 from orchestrator.run import plan_batches
@@ -79,7 +80,8 @@ class FinetuneWorker:
         self.rank, self.world_size, self.device = worker_placement(config.scaling)
         self.data = ray.get(run.data)
         torch.manual_seed(config.train.seed)  # the same head initialisation on every rank
-        self.model = BertForSequenceClassification(run.plan.model, self.data.num_labels)
+        self.classifier_class = family_of(run.plan.model).classifier_class
+        self.model = self.classifier_class(run.plan.model, self.data.num_labels)
         self.model.bert.load_state_dict(ray.get(run.encoder))
         self.model.to(self.device)
         optimizer = build_optimizer(self.model, config.optim)
@@ -196,7 +198,7 @@ class FinetuneWorker:
 
     def save_best(self, directory: Path) -> None:
         """The best epoch's model in HF format with its labels, and its eval predictions and scores."""
-        model = BertForSequenceClassification(self.run.plan.model, self.data.num_labels)
+        model = self.classifier_class(self.run.plan.model, self.data.num_labels)
         model.load_state_dict(self.best["weights"])
         model.save_hf(directory, self.data.label_names)
         result = {k: self.best[k] for k in ("epoch", "scores", "predictions")}

@@ -17,7 +17,6 @@ from common.errors import UserError
 from common.local_ray import init_ray
 from data import MaskingConfig, build_train_dataset, load_manifest, make_collate_fn, tokenizer_hash
 from data.manifest import TOKENIZER_DIR, Manifest
-from model.hf import MLM_HEAD_TENSOR
 from orchestrator.inference.loading import LoadedModel
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "next_sentence_label")
@@ -88,9 +87,7 @@ def _check_compatible(loaded: LoadedModel, prepared_dir: str, manifest: Manifest
             "or less"
         )
     if not loaded.has_mlm_head:
-        raise UserError(
-            f"{loaded.source} has no MLM head ({MLM_HEAD_TENSOR}): a bare encoder cannot be evaluated on MLM"
-        )
+        raise UserError(f"{loaded.source} has no MLM head: a bare encoder cannot be evaluated on MLM")
     model_tokenizer_hash = tokenizer_hash(loaded.tokenizer_dir)
     if model_tokenizer_hash != manifest.tokenizer_hash:
         raise UserError(

@@ -1,7 +1,8 @@
 """Loading a pretrained encoder for inference: a model folder with its tokenizer, on a device.
 
 A model folder is one of:
-- an HF BERT checkpoint folder (config.json + weights), our `final/` folders included;
+- an HF checkpoint folder (config.json + weights) of a family this tool has (BERT, ModernBERT: by its
+  model_type), our `final/` folders included;
 - a training checkpoint (model.safetensors + model_config.json, written by `orchestrator.train.checkpoints`).
 The tokenizer comes from the folder (tokenizer.json or vocab.txt), from the run's config for a training
 checkpoint, or from an explicit directory.
@@ -21,8 +22,8 @@ from common import storage
 from common.errors import UserError
 from data import load_tokenizer
 from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
-from model import BertForPreTraining
-from model.hf import CONFIG_FILE, pretraining_heads, read_hf_config, tensor_names
+from model import PretrainingModel, read_hf_family
+from model.hf import CONFIG_FILE, tensor_names
 from orchestrator.train.checkpoints import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, load_model_from_checkpoint
 
 
@@ -30,7 +31,8 @@ from orchestrator.train.checkpoints import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, 
 class LoadedModel:
     """A model in eval mode on its device, its tokenizer, and which pretraining heads it really has."""
 
-    model: BertForPreTraining
+    model: PretrainingModel
+    """Of the checkpoint's family; `.bert` is its encoder."""
     tokenizer: Tokenizer
     tokenizer_dir: str
     has_mlm_head: bool
@@ -67,13 +69,14 @@ def load_model(path: str | Path, tokenizer_dir: str | None = None, device: str =
         model = load_model_from_checkpoint(source)
         has_mlm_head, has_nsp_head = True, model.config.use_nsp
     elif (source / CONFIG_FILE).is_file():
-        read_hf_config(source)  # first: a clear error for a folder that is not BERT
+        family = read_hf_family(source)  # first: a clear error for a folder of no family we have
+        family.read_hf_config(source)  # and for a config.json that family cannot use
         hf_config = json.loads((source / CONFIG_FILE).read_text())
-        has_mlm_head, has_nsp_head = pretraining_heads(tensor_names(source), hf_config)
-        model = BertForPreTraining.from_hf(source, use_nsp=has_nsp_head)
+        has_mlm_head, has_nsp_head = family.pretraining_heads(tensor_names(source), hf_config)
+        model = family.model_class.from_hf(source, **family.own_fields({"use_nsp": has_nsp_head}))
     else:
         raise UserError(
-            f"{source} is not a BERT model folder: it has neither {CONFIG_FILE} (an HF checkpoint or a run's "
+            f"{source} is not a model folder: it has neither {CONFIG_FILE} (an HF checkpoint or a run's "
             f"final/ folder) nor {MODEL_CONFIG_FILE} (a training checkpoint)"
         )
     tokenizer_dir = tokenizer_dir or _tokenizer_dir_of(source)

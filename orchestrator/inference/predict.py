@@ -9,7 +9,7 @@ import torch
 from common.batch import IGNORE_INDEX
 from common.errors import UserError
 from data.tokenizer import MASK
-from model.hf import MLM_HEAD_TENSOR, NSP_HEAD_TENSOR
+from model.hf import NSP_HEAD_TENSOR
 from orchestrator.inference.loading import LoadedModel
 
 
@@ -40,8 +40,8 @@ def fill_mask(loaded: LoadedModel, text: str, top_k: int = 5) -> list[list[Predi
         raise UserError(f"--top-k is {top_k}; use 1 or more")
     if not loaded.has_mlm_head:
         raise UserError(
-            f"{loaded.source} has no MLM head ({MLM_HEAD_TENSOR}): it is a bare encoder, fill-mask needs a "
-            "BertForMaskedLM or BertForPreTraining checkpoint"
+            f"{loaded.source} has no MLM head: it is a bare encoder, fill-mask needs a BertForMaskedLM, "
+            "BertForPreTraining or ModernBertForMaskedLM checkpoint"
         )
     mask_id = loaded.tokenizer.token_to_id(MASK)
     if mask_id is None:

@@ -41,7 +41,8 @@ QUIET_LOGGERS = (
 
 
 def fill_mask_pipeline(final_dir: str | Path):
-    """The transformers fill-mask pipeline of a final/ folder (BertForMaskedLM: the NSP head is left out)."""
+    """The transformers fill-mask pipeline of a final/ folder (BertForMaskedLM, the NSP head left out, or
+    ModernBertForMaskedLM)."""
     import transformers
 
     # transformers 5 makes a tokenizer of the special tokens alone from a folder without tokenizer files.

@@ -3,7 +3,7 @@ HF model.
 
 A checkpoint folder (`RunDir.checkpoint(step)`, reported to Ray Train, under the run directory):
   model.safetensors   the model's own state dict (padded vocabulary, tied weights stored once)
-  model_config.json   the BertConfig, to rebuild the model without the job config
+  model_config.json   the model's family and config, to rebuild the model without the job config
   optimizer.pt, scheduler.pt, rng.pt   state dicts and every rank's RNG states (read with weights_only=True)
   train_state.json    step, consumed samples, data epoch and position, world size, the data order's
                       identity, the resolved job config (secrets redacted), rank 0's reports since the
@@ -33,8 +33,7 @@ from common import storage
 from common.errors import UserError
 from common.redact import redact
 from data.tokenizer import TOKENIZER_FILES
-from model import ARCHITECTURE_FIELDS, BertConfig, BertForPreTraining
-from model.hf import copy_hf_weights, read_hf_config
+from model import EncoderConfig, PretrainingModel, config_from_checkpoint_json, family_of, read_hf_family
 from orchestrator.run_dir import RunDir, checkpoint_step
 
 MODEL_FILE = "model.safetensors"
@@ -49,7 +48,7 @@ STATE_FILES = (MODEL_FILE, MODEL_CONFIG_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RN
 class Trainables(NamedTuple):
     """What a checkpoint saves and restores besides the position: the model and its optimizer state."""
 
-    model: BertForPreTraining
+    model: PretrainingModel
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
@@ -100,7 +99,7 @@ def save_checkpoint(
     model, optimizer, scheduler = trainables
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / MODEL_FILE))
-    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model.config), indent=2))
+    (directory / MODEL_CONFIG_FILE).write_text(family_of(model.config).config_to_json(model.config))
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
     torch.save(rng_states, directory / RNG_FILE)
@@ -254,13 +253,21 @@ def prune_checkpoints(run_dir: RunDir, keep: int) -> list[str]:
     return deleted
 
 
-def check_resumable(path: str, expected: BertConfig) -> None:
-    """A UserError (before any worker starts) when the checkpoint's model has other sizes than the run's."""
-    saved = json.loads(storage.read_text(storage.join(path, MODEL_CONFIG_FILE)))
+def check_resumable(path: str, expected: EncoderConfig) -> None:
+    """A UserError (before any worker starts) when the checkpoint's model is of another family or has other
+    sizes than the run's."""
+    saved = config_from_checkpoint_json(storage.read_text(storage.join(path, MODEL_CONFIG_FILE)))
+    family, expected_family = family_of(saved), family_of(expected)
+    if family is not expected_family:
+        raise UserError(
+            f"the run resumes from {path}, a {family.name} model, but model.family is "
+            f"{expected_family.name}: keep model.family: {family.name}, or start a new run with another "
+            "checkpoint.run_name"
+        )
     different = {
-        k: (saved.get(k), getattr(expected, k))
-        for k in ("vocab_size", *ARCHITECTURE_FIELDS)
-        if saved.get(k) != getattr(expected, k)
+        k: (getattr(saved, k), getattr(expected, k))
+        for k in ("vocab_size", *family.architecture_fields, *family.retunable_fields)
+        if getattr(saved, k) != getattr(expected, k)
     }
     if different:
         details = ", ".join(f"{k} {a} there vs {b} now" for k, (a, b) in different.items())
@@ -270,22 +277,25 @@ def check_resumable(path: str, expected: BertConfig) -> None:
         )
 
 
-def load_model_from_checkpoint(directory: Path) -> BertForPreTraining:
-    config = BertConfig(**json.loads((directory / MODEL_CONFIG_FILE).read_text()))
-    model = BertForPreTraining(config)
+def load_model_from_checkpoint(directory: Path) -> PretrainingModel:
+    """The pretraining model of a training checkpoint, of its family."""
+    config = config_from_checkpoint_json((directory / MODEL_CONFIG_FILE).read_text())
+    model = family_of(config).model_class(config)
     load_model(model, str(directory / MODEL_FILE))
     return model
 
 
-def init_weights_from(model: BertForPreTraining, source: str | Path) -> None:
+def init_weights_from(model: PretrainingModel, source: str | Path) -> None:
     """Copy the weights of a training checkpoint or an HF model folder (local or in a bucket) into `model`
     (nothing else).
 
-    The sizes must match the run's model, which the driver took from this checkpoint
-    (`orchestrator.train.init_from`). An HF folder's vocabulary may have spare rows (NVIDIA pads 30,522 to
-    30,528): they are dropped. Heads it lacks keep the model's BERT initialisation (the driver says so).
+    The family and sizes must match the run's model, which the driver took from this checkpoint
+    (`orchestrator.train.init_from`); the family's retunable fields (a rotary theta) may differ. An HF
+    folder's vocabulary may have spare rows (NVIDIA pads 30,522 to 30,528): they are dropped. Heads it
+    lacks keep the model's initialisation (the driver says so).
     """
     check_init_from(source)
+    family = family_of(model.config)
     with storage.local_input(source) as local:
         directory = Path(local)
         from_checkpoint = (directory / MODEL_CONFIG_FILE).is_file()
@@ -293,8 +303,10 @@ def init_weights_from(model: BertForPreTraining, source: str | Path) -> None:
             donor = load_model_from_checkpoint(directory)
             donor_config = donor.config
         else:
-            donor_config = read_hf_config(directory)
-        sizes = {k: (getattr(donor_config, k), getattr(model.config, k)) for k in ARCHITECTURE_FIELDS}
+            donor_config = read_hf_family(directory).read_hf_config(directory)
+        if (donor_family := family_of(donor_config)) is not family:
+            raise UserError(f"--init-from {source}: a {donor_family.name} model, not {family.name}")
+        sizes = {k: (getattr(donor_config, k), getattr(model.config, k)) for k in family.architecture_fields}
         different = {k: v for k, v in sizes.items() if v[0] != v[1]}
         rows, vocab_size = donor_config.vocab_size, model.config.vocab_size
         if rows < vocab_size or (from_checkpoint and rows != vocab_size):
@@ -307,7 +319,7 @@ def init_weights_from(model: BertForPreTraining, source: str | Path) -> None:
             return
         with warnings.catch_warnings():  # the driver names the missing heads once, not every rank
             warnings.simplefilter("ignore")
-            copy_hf_weights(model, directory)
+            family.copy_hf_weights(model, directory)
 
 
 def check_init_from(source: str | Path) -> None:

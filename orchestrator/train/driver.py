@@ -30,7 +30,7 @@ from common.errors import Interrupted, UserError
 from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR, HEALTH_CHECK_INTERVAL_S_ENV_VAR
 from common.redact import redact
 from data.manifest import MANIFEST_FILE
-from model import BertConfig
+from model import EncoderConfig
 from orchestrator.config import JobConfig, with_absolute_paths
 from orchestrator.run import (
     BatchPlan,
@@ -124,7 +124,7 @@ def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.Use
         config.scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]]
     )
     manifest = ensure_prepared_data(config, resume)
-    model = model_config(config, manifest.vocab_size, manifest.special_token_ids["pad"], donor)
+    model = model_config(config, manifest.vocab_size, manifest.special_token_ids, donor)
     check_data_fits_model(config, manifest, model)
     if donor is not None:
         _say_missing_heads(donor, config.model.use_nsp)
@@ -175,7 +175,7 @@ def build_run(
     run_dir: RunDir,
     manifest: data.Manifest,
     batch: BatchPlan,
-    model: BertConfig,
+    model: EncoderConfig,
     probes: tuple[ProbeData, ...] = (),
 ) -> Run:
     """The run's splits (the manifest and tokenizer read once, here, for every rank) and its plan: steps,
@@ -325,11 +325,11 @@ def _run_tags(job: JobConfig, manifest: data.Manifest, donor: Donor | None) -> d
 
 
 def _say_missing_heads(donor: Donor, use_nsp: bool) -> None:
-    """Once per run: the heads the donor lacks start from BERT's initialisation (and learn from there)."""
+    """Once per run: the heads the donor lacks start from the family's initialisation (and learn from
+    there)."""
     missing = [head for head in donor.missing_heads if head == "MLM" or use_nsp]
     if missing:
         say(
             f"--init-from {redact(donor.source)} has no {' or '.join(missing)} head: "
-            "it starts from BERT's initialisation"
+            f"it starts from {'BERT' if donor.family.name == 'bert' else donor.family.name}'s initialisation"
         )
-

@@ -12,7 +12,7 @@ import ray.data
 import torch
 
 from data import PadAndCollate
-from model import BertForPreTraining
+from model import PretrainingModel
 from orchestrator.run import Run
 from orchestrator.train.step import all_reduce_sum, autocast, to_device
 
@@ -33,7 +33,7 @@ class Evaluator:
         """Every `train.eval_every` steps and at the last (never with eval_every 0)."""
         return self.every > 0 and (step % self.every == 0 or step == self.total_steps)
 
-    def evaluate(self, model: BertForPreTraining) -> dict[str, float]:
+    def evaluate(self, model: PretrainingModel) -> dict[str, float]:
         sums = torch.zeros(5, device=self.device)  # mlm loss sum, mlm correct, mlm count, nsp correct, count
         model.eval()
         with torch.no_grad():

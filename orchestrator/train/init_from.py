@@ -1,11 +1,14 @@
 """Continued pretraining: what `--init-from` brings, read on the driver before Ray Train starts.
 
-A donor is an HF BERT folder (config.json + weights, with or without heads, its tokenizer beside it or not)
+A donor is an HF folder of a family this tool has (BERT or ModernBERT, by config.json's model_type:
+config.json + weights, with or without heads, its tokenizer beside it or not)
 or one of our training checkpoints (model_config.json + model.safetensors), local or in a bucket. It decides
 the run's model: its sizes (layers, hidden, heads, intermediate, positions, type vocabulary, vocabulary rows,
 LayerNorm eps) replace the preset, and a preset that says otherwise is refused. Its tokenizer is the run's
-tokenizer, because the embedding rows are indexed by its ids: another one is refused. Only the header of the
-weights is read here; the workers load the weights themselves (`init_weights_from`).
+tokenizer, because the embedding rows are indexed by its ids: another one is refused. A family's retunable
+fields (ModernBERT's global rotary theta and positions: context extension) may be set anew by the run; a
+donor of another family than model.family is refused. Only the header of the weights is read here; the
+workers load the weights themselves (`init_weights_from`).
 """
 
 from __future__ import annotations
@@ -21,21 +24,20 @@ from common.console import say
 from common.errors import UserError
 from data import load_tokenizer
 from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
-from model import ARCHITECTURE_FIELDS, PRESETS, BertConfig
-from model.hf import CONFIG_FILE, SAFETENSORS_FILE, pretraining_heads, tensor_names
+from model import FAMILIES, EncoderConfig, Family, config_from_checkpoint_json, family_of
+from model.families import family_of_hf_config
+from model.hf import CONFIG_FILE, SAFETENSORS_FILE, tensor_names
 from orchestrator.config import AUTO_PRESET, JobConfig
 from orchestrator.train.checkpoints import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, check_init_from
-
-DONOR_FIELDS = (*ARCHITECTURE_FIELDS, "initializer_range")
-"""What the run's model takes from the donor (the vocabulary comes from its tokenizer)."""
 
 
 @dataclass(frozen=True)
 class Donor:
     source: str
     """The folder or bucket URI given to --init-from."""
-    config: BertConfig
-    """Its sizes as stored; vocab_size is its number of embedding rows (NVIDIA pads 30,522 to 30,528)."""
+    config: EncoderConfig
+    """Its family's config with its sizes as stored; vocab_size is its number of embedding rows (NVIDIA pads
+    30,522 to 30,528)."""
     tokenizer_dir: str | None
     """Where its own tokenizer is: the folder itself, or the run's tokenizer of a training checkpoint."""
     has_mlm_head: bool
@@ -44,10 +46,16 @@ class Donor:
     """sha256 of its config file (16 hex digits): which donor a run started from."""
 
     @property
+    def family(self) -> Family:
+        return family_of(self.config)
+
+    @property
     def missing_heads(self) -> list[str]:
-        return [
-            name for name, present in (("MLM", self.has_mlm_head), ("NSP", self.has_nsp_head)) if not present
-        ]
+        """The heads of its family that it lacks (a family without NSP misses none)."""
+        heads = {"MLM": self.has_mlm_head}
+        if self.family.has_nsp:
+            heads["NSP"] = self.has_nsp_head
+        return [name for name, present in heads.items() if not present]
 
     def describe(self) -> str:
         c = self.config
@@ -61,22 +69,30 @@ def read_donor(source: str) -> Donor:
     try:
         if storage.is_file(checkpoint_config):
             text = storage.read_text(checkpoint_config)
-            config = BertConfig(**json.loads(text))
+            config = config_from_checkpoint_json(text)
             return Donor(source, config, _run_tokenizer(source), True, config.use_nsp, _hash(text))
         text = storage.read_text(storage.join(source, CONFIG_FILE))
         hf_config = json.loads(text)
-        config = BertConfig.from_hf_dict(hf_config)
-        has_mlm, has_nsp = pretraining_heads(_tensor_names(source), hf_config)
+        family = family_of_hf_config(hf_config, f"--init-from {source}")
+        config = family.config_from_hf_dict(hf_config)
+        has_mlm, has_nsp = family.pretraining_heads(_tensor_names(source), hf_config)
     except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
-        raise UserError(f"--init-from {source}: not a usable BERT checkpoint: {error}") from None
+        raise UserError(f"--init-from {source}: not a usable checkpoint: {error}") from None
     own_tokenizer = any(storage.is_file(storage.join(source, name)) for name in (TOKENIZER_FILE, VOCAB_FILE))
     return Donor(source, config, source if own_tokenizer else None, has_mlm, has_nsp, _hash(text))
 
 
 def adopt_donor(job: JobConfig, donor: Donor) -> JobConfig:
-    """The job with the donor's tokenizer; refuses a preset or a tokenizer that contradicts the donor."""
+    """The job with the donor's tokenizer; refuses a family, a preset or a tokenizer that contradicts the
+    donor."""
+    if donor.family.name != job.model.family:
+        raise UserError(
+            f"--init-from {donor.source} is a {donor.family.name} model but model.family is "
+            f"{job.model.family}: set model.family: {donor.family.name}, or start from a {job.model.family} "
+            "checkpoint"
+        )
     if job.model.preset != AUTO_PRESET:
-        preset = PRESETS[job.model.preset]
+        preset = donor.family.presets[job.model.preset]
         theirs = {name: getattr(donor.config, name) for name in preset}
         if preset != theirs:
             raise UserError(
@@ -102,26 +118,33 @@ def adopt_donor(job: JobConfig, donor: Donor) -> JobConfig:
     return dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer_dir=donor.tokenizer_dir))
 
 
-def model_config(job: JobConfig, vocab_size: int, pad_token_id: int, donor: Donor | None) -> BertConfig:
-    """The run's model: the donor's sizes or the preset's, with the prepared data's vocabulary."""
+def model_config(
+    job: JobConfig, vocab_size: int, special_ids: dict[str, int], donor: Donor | None
+) -> EncoderConfig:
+    """The run's model config (of model.family): the donor's sizes or the preset's, with the prepared data's
+    vocabulary and special tokens, and the section's own settings (dropout, retuned fields, ...)."""
+    family = FAMILIES[job.model.family]
     settings = {
         "vocab_size": vocab_size,
-        "pad_token_id": pad_token_id,
+        "pad_token_id": special_ids["pad"],
+        "cls_token_id": special_ids.get("cls"),
+        "sep_token_id": special_ids.get("sep"),
         "use_nsp": job.model.use_nsp,
         "activation_checkpointing": job.model.activation_checkpointing,
-        "hidden_dropout_prob": job.model.dropout,
-        "attention_probs_dropout_prob": job.model.dropout,
         "unpadded_attention": job.model.unpadded_attention,
+        **dict.fromkeys(family.dropout_fields, job.model.dropout),
+        **job.model.retunable_fields(),
     }
     if donor is None:
         preset = "tiny" if job.model.preset == AUTO_PRESET else job.model.preset
-        return BertConfig.from_preset(preset, **settings)
+        return family.from_preset(preset, **settings)
     if vocab_size > donor.config.vocab_size:
         raise UserError(
             f"the tokenizer has {vocab_size:,} tokens but --init-from {donor.source} has embeddings for "
             f"{donor.config.vocab_size:,}: use the checkpoint's own tokenizer"
         )
-    return BertConfig(**{name: getattr(donor.config, name) for name in DONOR_FIELDS}, **settings)
+    taken = {name: getattr(donor.config, name) for name in family.donor_fields}
+    return family.make_config(**taken | settings)
 
 
 def donor_tags(donor: Donor) -> dict[str, str]:

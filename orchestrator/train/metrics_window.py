@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from model import BertConfig
+from model import EncoderConfig
 from orchestrator.train.step import STEP_SUMS, all_reduce_sum, world_size
 from orchestrator.train.throughput import dense_bf16_peak_flops
 
@@ -21,7 +21,7 @@ class MetricsWindow:
     """Training metrics summed on the device since the last log; synced and read only when logged."""
 
     def __init__(
-        self, device: torch.device, model_config: BertConfig, log_every: int = 1, total_steps: int = 0
+        self, device: torch.device, model_config: EncoderConfig, log_every: int = 1, total_steps: int = 0
     ):
         self.device = device
         self.model_config = model_config

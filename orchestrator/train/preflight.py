@@ -21,7 +21,7 @@ from common.redact import redact
 from data.config import PrepareConfig
 from data.manifest import FORMAT_VERSION, MANIFEST_FILE
 from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
-from model import BertConfig
+from model import FAMILIES, EncoderConfig
 from orchestrator.config import AUTO_PRESET, JobConfig
 from orchestrator.run import Run
 from orchestrator.train.checkpoints import ResumePoint, check_resumable
@@ -34,11 +34,15 @@ PREPARED_MARKER_FILE = "bert_pretrain_prepared.json"  # written beside the manif
 def check_sequence_length(job: JobConfig, donor: Donor | None) -> None:
     """Examples longer than the model's position embeddings cannot be trained on: refuse before preparing."""
     length = job.data.prepare.max_seq_length
-    if donor is not None:
+    retuned = job.model.retunable_fields().get("max_position_embeddings")
+    if retuned is not None:
+        positions, model = retuned, "model.max_position_embeddings"
+    elif donor is not None:
         positions, model = donor.config.max_position_embeddings, f"--init-from {redact(donor.source)}"
     else:
         preset = "tiny" if job.model.preset == AUTO_PRESET else job.model.preset
-        positions, model = BertConfig.from_preset(preset).max_position_embeddings, f"model preset {preset!r}"
+        positions = FAMILIES[job.model.family].from_preset(preset).max_position_embeddings
+        model = f"model preset {preset!r}"
     if length > positions:
         raise UserError(
             f"data.prepare.max_seq_length={length} is longer than {model} has positions ({positions}): use "
@@ -46,7 +50,7 @@ def check_sequence_length(job: JobConfig, donor: Donor | None) -> None:
         )
 
 
-def check_data_fits_model(job: JobConfig, manifest: data.Manifest, model: BertConfig) -> None:
+def check_data_fits_model(job: JobConfig, manifest: data.Manifest, model: EncoderConfig) -> None:
     """The prepared examples must fit the model: their length within its positions, NSP labels for an NSP
     head."""
     positions = model.max_position_embeddings

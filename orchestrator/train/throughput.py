@@ -1,8 +1,8 @@
 """What a training step achieves on its device: model FLOP utilisation (MFU) against a datasheet peak.
 
-MFU = model FLOPs of the steps (`BertConfig.training_flops`) / (elapsed seconds x GPUs x the GPU's dense bf16
-peak). The peaks are NVIDIA's datasheet figures without sparsity, for the GPUs in the table; for any other
-device there is no MFU rather than a guess.
+MFU = model FLOPs of the steps (the model config's `training_flops`, each family its own) / (elapsed seconds x
+GPUs x the GPU's dense bf16 peak). The peaks are NVIDIA's datasheet figures without sparsity, for the GPUs in
+the table; for any other device there is no MFU rather than a guess.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from common import storage
 from common.console import say
 from common.ray_internals import quiet_ray_console
 from data import make_collate_fn, rank_eval_stream
-from model import BertForPreTraining, attention_path, compile_model
+from model import compile_model, family_of
 from orchestrator.config import ScalingConfig
 from orchestrator.run import Run, plan_step_batches
 from orchestrator.tracking.system_metrics import start_node_monitor
@@ -76,7 +76,8 @@ class Worker:
         # The run directory is the record of checkpoints, not Ray Train's list (see orchestrator.run_dir).
         resume = find_resume_checkpoint(run.dir)
         rows = start_train_stream(run, resume.position, self.rank, self.world_size)  # first: see there
-        self.model = BertForPreTraining(run.plan.model).to(self.device)
+        family = family_of(run.plan.model)
+        self.model = family.model_class(run.plan.model).to(self.device)
         optimizer = build_optimizer(self.model, config.optim)
         self.trainables = Trainables(
             self.model, optimizer, build_scheduler(optimizer, config.optim, run.plan.total_steps)
@@ -114,7 +115,7 @@ class Worker:
                 run.probes, run.plan.total_steps, run.plan.batch.micro_batch_size, self.device, self.rank
             )
         if self.rank == 0:
-            say(f"Attention: {attention_path(self.model.config, self.device)}.")
+            say(f"Attention: {family.attention_path(self.model.config, self.device)}.")
 
     def restore(self, resume: ResumePoint) -> TrainState:
         """Resume from the run's newest complete and intact checkpoint (after a worker failure, or when the

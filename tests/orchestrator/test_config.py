@@ -43,6 +43,48 @@ def test_recipes_follow_the_published_batch_and_learning_rate():
     )
 
 
+def test_the_modernbert_recipes_follow_the_published_phases():
+    main, decay, context = (load_config(f"modernbert-{phase}") for phase in ("main", "decay", "context"))
+    for phase in (main, decay, context):
+        assert (phase.model.family, phase.model.use_nsp, phase.model.dropout) == ("modernbert", False, 0.0)
+        assert (phase.data.prepare.objective, phase.masking.mlm_probability) == ("mlm", 0.3)
+    assert (main.model.preset, main.model.global_rope_theta) == ("mini", 10_000.0)
+    assert (main.train.batch_size_warmup.start, main.train.global_batch_size) == (32, 128)
+    assert decay.checkpoint.init_from == context.checkpoint.init_from == "runs/modernbert-main/final"
+    assert (context.model.global_rope_theta, context.model.max_position_embeddings) == (160_000.0, 512)
+    assert context.data.prepare.max_seq_length > main.data.prepare.max_seq_length
+
+
+MODERNBERT = ["model.family=modernbert", "model.use_nsp=false", "data.prepare.objective=mlm"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["model.family=modernbert"],
+            "model.use_nsp is true but modernbert has no next-sentence head (MLM "
+            "only): set model.use_nsp: false and data.prepare.objective: mlm",
+        ),
+        (
+            MODERNBERT[:2],
+            "data.prepare.objective is 'mlm+nsp' but model.family modernbert has no "
+            "next-sentence head: set data.prepare.objective: mlm",
+        ),
+        (
+            [*MODERNBERT, "model.preset=small"],
+            "model.preset: 'small' is not one of tiny, mini, base, large, auto (the modernbert presets)",
+        ),
+        (["model.global_rope_theta=160000"], "model.global_rope_theta is set but bert has no such setting"),
+        ([*MODERNBERT, "model.max_position_embeddings=0"], "model.max_position_embeddings must be positive"),
+    ],
+)
+def test_bad_model_family_settings_are_refused_with_the_fix(overrides, expected):
+    with pytest.raises(UserError) as refused:
+        load_config("debug", overrides)
+    assert expected in str(refused.value)
+
+
 def test_overrides_use_dotted_keys_and_yaml_values():
     config = load_config("debug", ["optim.lr=2e-4", "scaling.use_gpu=true", "data.prepare.max_seq_length=32"])
     assert config.optim.lr == 2e-4

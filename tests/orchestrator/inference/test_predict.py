@@ -219,12 +219,12 @@ def test_folder_that_is_not_bert_is_a_clear_error(tmp_path, capsys):
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     assert main(["fill-mask", str(gpt2), "a [MASK]."]) == 2
-    assert "model_type is 'gpt2', expected 'bert'" in capsys.readouterr().err
+    assert "model_type 'gpt2' is not a family this tool has ('bert', 'modernbert')" in capsys.readouterr().err
 
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["nsp", str(empty), "a.", "b."]) == 2
-    assert f"{empty} is not a BERT model folder" in capsys.readouterr().err
+    assert f"{empty} is not a model folder" in capsys.readouterr().err
 
 
 def test_nsp_of_empty_sentences_is_refused(memorised, capsys):

@@ -67,7 +67,7 @@ def test_the_donor_decides_the_model_and_its_heads_load_when_present(tmp_path, k
     assert (donor.has_mlm_head, donor.has_nsp_head) == (kind != "BertModel", kind == "BertForPreTraining")
 
     job = adopt_donor(continue_job(tmp_path, donor_dir), donor)
-    config = model_config(job, len(VOCAB), 0, donor)
+    config = model_config(job, len(VOCAB), {"pad": 0}, donor)
     assert (config.num_hidden_layers, config.hidden_size, config.max_position_embeddings) == (3, 96, 64)
     torch.manual_seed(1)
     model = BertForPreTraining(config).eval()
@@ -95,7 +95,7 @@ def test_a_padded_vocabulary_loads_and_the_export_has_the_tokenizer_size(tmp_pat
     donor_dir = save_donor(tmp_path / "padded", padded_rows=6)  # as NVIDIA pads 30,522 rows to 30,528
     donor = read_donor(str(donor_dir))
     assert donor.config.vocab_size == len(VOCAB) + 6
-    model = BertForPreTraining(model_config(continue_job(tmp_path, donor_dir), len(VOCAB), 0, donor))
+    model = BertForPreTraining(model_config(continue_job(tmp_path, donor_dir), len(VOCAB), {"pad": 0}, donor))
     init_weights_from(model, donor_dir)
     hf = transformers.BertForPreTraining.from_pretrained(donor_dir)
     torch.testing.assert_close(
@@ -108,7 +108,7 @@ def test_a_padded_vocabulary_loads_and_the_export_has_the_tokenizer_size(tmp_pat
     assert exported.config.vocab_size == len(VOCAB)
 
     with pytest.raises(UserError, match=f"the tokenizer has {len(VOCAB) + 7} tokens but --init-from"):
-        model_config(continue_job(tmp_path, donor_dir), len(VOCAB) + 7, 0, donor)
+        model_config(continue_job(tmp_path, donor_dir), len(VOCAB) + 7, {"pad": 0}, donor)
 
 
 def test_a_preset_or_tokenizer_that_contradicts_the_donor_is_refused_before_ray_starts(tmp_path):
