@@ -330,10 +330,18 @@ class CheckpointConfig:
     """Worker failures to recover from (restarting from the latest checkpoint) before the run fails."""
     init_from: str | None = None
     """Start a new run from the weights (only) of this checkpoint or HF model folder; --init-from sets it."""
+    init_optimizer_state: bool = False
+    """Also take the optimizer state (Adam's moments and step counts) of init_from, one of our training
+    checkpoints with the same optimizer and model: a decay phase that goes on from its main phase, as
+    ModernBERT's. The learning rate, its schedule and the step count of the run are this run's own."""
 
     def validate(self) -> None:
         _check_positive(self, "every", "keep")
         _check_non_negative(self, "max_failures")
+        if self.init_optimizer_state and not self.init_from:
+            raise InvalidSetting(
+                "init_optimizer_state", "needs checkpoint.init_from (--init-from RUN/checkpoint_N)"
+            )
         if not self.run_name or "/" in self.run_name:
             raise InvalidSetting("run_name", f"must be a plain folder name, got {self.run_name!r}")
 
