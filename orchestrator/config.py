@@ -251,7 +251,8 @@ class OptimConfig:
             return
         if len(decay_lengths) != 1:
             raise InvalidSetting(None, "schedule wsd needs exactly one of decay_steps and decay_fraction")
-        _check_non_negative(self, "decay_steps")
+        if self.decay_steps is not None:
+            _check_non_negative(self, "decay_steps")
         if self.decay_fraction is not None and not 0 < self.decay_fraction <= 1:
             raise InvalidSetting("decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
 
