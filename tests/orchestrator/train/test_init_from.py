@@ -18,8 +18,10 @@ from mlflow import MlflowClient
 from common.errors import UserError
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import OptimConfig, config_from_dict
-from orchestrator.run_dir import RunDir
+from orchestrator.run_dir import RunDir, checkpoint_name
 from orchestrator.train.checkpoints import (
+    OPTIMIZER_FILE,
+    SCHEDULER_FILE,
     Trainables,
     TrainState,
     init_optimizer_state_from,
@@ -273,3 +275,28 @@ def test_an_optimizer_state_the_run_cannot_take_is_refused_before_ray_starts(tmp
     adopt(checkpoint, optim={"name": "stableadamw"})
     said = capsys.readouterr().out
     assert f"Taking the optimizer state of --init-from {checkpoint} as well (stableadamw)" in said
+
+
+def test_a_stable_main_phase_then_its_own_1_sqrt_decay_phase_with_the_optimizer_state_through_ray(
+    tmp_path, donor_dir, ray_session
+):
+    """ModernBERT's recipe: StableAdamW at the peak lr to the main phase's end, then a decay run started
+    from its checkpoint with its optimizer state, decaying from the peak to 0."""
+    wsd = {"name": "stableadamw", "lr": 1e-3, "schedule": "wsd"}
+
+    def phase(donor: Path, name: str, steps: int, optim: dict, **checkpoint):
+        job = continue_job(tmp_path, donor, train={"max_steps": steps}, optim={**wsd, **optim})
+        settings = {"run_name": name, "every": steps, **checkpoint}
+        return train(dataclasses.replace(job, checkpoint=dataclasses.replace(job.checkpoint, **settings)))
+
+    main = phase(donor_dir, "main", 3, {"warmup_steps": 1, "decay_steps": 0})
+    main_checkpoint = Path(main.run_dir) / checkpoint_name(3)
+    main_lrs = torch.load(main_checkpoint / SCHEDULER_FILE, weights_only=True)["_last_lr"]
+    assert main_lrs == [1e-3, 1e-3]  # no decay in the main phase: the peak to its end
+    decay_schedule = {"decay_fraction": 1.0, "decay_shape": "1-sqrt"}
+    decay = phase(main_checkpoint, "decay", 2, decay_schedule, init_optimizer_state=True)
+    decay_checkpoint = Path(decay.run_dir) / checkpoint_name(2)
+    state = torch.load(decay_checkpoint / OPTIMIZER_FILE, weights_only=True)["state"]
+    steps = {float(tensor_state["step"]) for tensor_state in state.values()}
+    assert steps == {5.0}  # the main phase's 3 carried, then 2 of its own
+    assert torch.load(decay_checkpoint / SCHEDULER_FILE, weights_only=True)["_last_lr"] == [0.0, 0.0]
