@@ -163,7 +163,7 @@ def test_lamb_scales_each_update_by_the_trust_ratio():
     torch.testing.assert_close(weight.detach(), expected)
 
 
-@pytest.mark.parametrize("name", ["adamw", "lamb"])
+@pytest.mark.parametrize("name", ["adamw", "lamb", "stableadamw"])
 def test_a_checkpoint_restores_training_exactly(tmp_path, name):
     config = OptimConfig(name=name, lr=1e-3, warmup_steps=2)
 
