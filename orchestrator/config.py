@@ -330,7 +330,8 @@ class CheckpointConfig:
     max_failures: int = 3
     """Worker failures to recover from (restarting from the latest checkpoint) before the run fails."""
     init_from: str | None = None
-    """Start a new run from the weights (only) of this checkpoint or HF model folder; --init-from sets it."""
+    """Start a new run from the weights of this checkpoint or HF model folder (only the weights, unless
+    init_optimizer_state); --init-from sets it."""
     init_optimizer_state: bool = False
     """Also take the optimizer state (Adam's moments and step counts) of init_from, one of our training
     checkpoints with the same optimizer and model: a decay phase that goes on from its main phase, as

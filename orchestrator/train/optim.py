@@ -111,8 +111,9 @@ class _MultiTensorAdam(torch.optim.Optimizer):
         return state
 
     def _moments(self, group: dict, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
-        """Update the moments with the gradients; return (m_hat, sqrt(v_hat)): the bias-corrected first
-        moments and the square roots of the bias-corrected second moments, as new tensors."""
+        """Update the moments with the gradients; return (m, 1 - beta1^t, sqrt(v_hat)): the first moments
+        (the state itself), their bias corrections (0-d tensors), and the square roots of the bias-corrected
+        second moments (new tensors)."""
         beta1, beta2 = group["betas"]
         states = [self._state(p) for p in params]
         grads = [p.grad for p in params]
@@ -134,8 +135,7 @@ class _MultiTensorAdam(torch.optim.Optimizer):
         torch._foreach_sqrt_(bias_correction2)
         root_second_moments = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(root_second_moments, bias_correction2)
-        first_moments = torch._foreach_div(exp_avgs, bias_correction1)
-        return first_moments, root_second_moments
+        return exp_avgs, bias_correction1, root_second_moments
 
 
 class StableAdamW(_MultiTensorAdam):
@@ -151,22 +151,22 @@ class StableAdamW(_MultiTensorAdam):
 
     def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
         eps = group["eps"]
-        updates, denominators = self._moments(group, params)
-        # sqrt(max(v, eps^2)) = max(sqrt(v), eps): RMS_t = ||g / max(sqrt(v), eps)|| / sqrt(numel).
-        clipped_roots = torch._foreach_maximum(denominators, eps)
-        ratios = torch._foreach_div([p.grad for p in params], clipped_roots)
-        del clipped_roots
+        exp_avgs, bias_correction1, roots = self._moments(group, params)
+        # RMS_t = ||g / max(sqrt(v), eps)|| / sqrt(numel), as sqrt(max(v, eps^2)) = max(sqrt(v), eps).
+        ratios = torch._foreach_maximum(roots, eps)
+        torch._foreach_reciprocal_(ratios)
+        torch._foreach_mul_(ratios, [p.grad for p in params])
         norms = torch._foreach_norm(ratios)
         del ratios
         rms = torch.stack(torch._foreach_div(norms, [math.sqrt(p.numel()) for p in params]))
         step_sizes = group["lr"] / torch.clamp(rms, min=1.0)
         if group["weight_decay"]:
             torch._foreach_mul_(params, (1 - step_sizes * group["weight_decay"]).unbind())
-        torch._foreach_add_(denominators, eps)
-        torch._foreach_div_(updates, denominators)
-        del denominators
-        torch._foreach_mul_(updates, (-step_sizes).unbind())
-        torch._foreach_add_(params, updates)
+        # theta -= step size * (m / (1 - beta1^t)) / (sqrt(v) + eps), the scales folded into one buffer.
+        torch._foreach_add_(roots, eps)
+        torch._foreach_reciprocal_(roots)
+        torch._foreach_mul_(roots, (-step_sizes / torch.stack(bias_correction1)).unbind())
+        torch._foreach_addcmul_(params, exp_avgs, roots)
 
 
 class Lamb(_MultiTensorAdam):
@@ -175,9 +175,10 @@ class Lamb(_MultiTensorAdam):
     Bias correction as in the paper's Algorithm 2 and NVIDIA's BERT recipe."""
 
     def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        updates, denominators = self._moments(group, params)
+        exp_avgs, bias_correction1, denominators = self._moments(group, params)
         # Adam's update (m / bc1) / (sqrt(v) / sqrt(bc2) + eps), plus the decoupled weight decay.
         torch._foreach_add_(denominators, group["eps"])
+        updates = torch._foreach_div(exp_avgs, bias_correction1)
         torch._foreach_div_(updates, denominators)
         del denominators
         if group["weight_decay"]:
