@@ -203,20 +203,33 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw", "lamb"] = "adamw"
-    """adamw, or lamb for very large batches (You et al. 2019)."""
+    name: Literal["adamw", "lamb", "stableadamw"] = "adamw"
+    """adamw; lamb for very large batches (You et al. 2019); stableadamw: AdamW with per-tensor update
+    clipping (Wortsman et al. 2023), ModernBERT's optimizer."""
     lr: float = 1e-4
     """Peak learning rate, reached at the end of the warmup."""
     weight_decay: float = 0.01
-    """Decoupled weight decay; never applied to biases and LayerNorm weights."""
+    """Decoupled weight decay (each step scales the weights by 1 - lr * weight_decay, as torch's AdamW);
+    never applied to biases and LayerNorm weights."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """Adam's beta1 and beta2."""
     eps: float = 1e-6
     """Adam's epsilon (BERT's 1e-6)."""
     warmup_steps: int = 0
     """Steps of linear warmup from 0 to lr."""
-    schedule: Literal["linear", "cosine"] = "linear"
-    """Decay after the warmup, down to 0 at the last step."""
+    schedule: Literal["linear", "cosine", "wsd"] = "linear"
+    """After the warmup: linear or cosine decay over all remaining steps; or wsd (warmup-stable-decay, as
+    ModernBERT): lr held constant, then decay_shape over the last decay_steps (or decay_fraction)."""
+    decay_steps: int | None = None
+    """wsd: the steps of the final decay (set this or decay_fraction); 0: warmup and stable only, for a
+    decay run of its own later (from this run's checkpoint: warmup_steps 0, decay_fraction 1)."""
+    decay_fraction: float | None = None
+    """wsd: the share of the run's steps that decays, in (0, 1] (set this or decay_steps)."""
+    decay_shape: Literal["linear", "1-sqrt"] = "linear"
+    """wsd: the shape of the decay over its t of T steps: linear (1 - t/T) or 1-sqrt (1 - sqrt(t/T)),
+    ModernBERT's choice."""
+    min_lr_ratio: float = 0.0
+    """Where every decay ends, as a share of lr (0: down to 0 at the last step)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 = no clipping."""
 
@@ -225,6 +238,41 @@ class OptimConfig:
         _check_non_negative(self, "weight_decay", "lr", "warmup_steps", "max_grad_norm")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise InvalidSetting("betas", f"must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise InvalidSetting("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        decay_lengths = [key for key in ("decay_steps", "decay_fraction") if getattr(self, key) is not None]
+        if self.schedule != "wsd":
+            if decay_lengths:
+                raise InvalidSetting(
+                    decay_lengths[0],
+                    f"is for the wsd schedule only (schedule {self.schedule} decays over every step after "
+                    "the warmup): set optim.schedule=wsd, or drop it",
+                )
+            return
+        if len(decay_lengths) != 1:
+            raise InvalidSetting(None, "schedule wsd needs exactly one of decay_steps and decay_fraction")
+        if self.decay_steps is not None:
+            _check_non_negative(self, "decay_steps")
+        if self.decay_fraction is not None and not 0 < self.decay_fraction <= 1:
+            raise InvalidSetting("decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
+
+    def phase_steps(self, total_steps: int) -> tuple[int, int]:
+        """(warmup steps, decay steps) of a run of `total_steps`: linear and cosine decay over every step
+        after the warmup; wsd over its last decay_steps, refused (InvalidSetting) when the warmup and the
+        decay do not fit into the run."""
+        if self.schedule != "wsd":
+            return self.warmup_steps, max(0, total_steps - self.warmup_steps)
+        if self.decay_steps is not None:
+            decay_steps = self.decay_steps
+        else:
+            decay_steps = round(self.decay_fraction * total_steps)
+        if self.warmup_steps + decay_steps > total_steps:
+            raise InvalidSetting(
+                None,
+                f"optim.warmup_steps ({self.warmup_steps}) + the wsd decay ({decay_steps} steps) exceed the "
+                f"run's {total_steps} steps: shorten the warmup or the decay, or train longer",
+            )
+        return self.warmup_steps, decay_steps
 
 
 @dataclass
@@ -282,11 +330,20 @@ class CheckpointConfig:
     max_failures: int = 3
     """Worker failures to recover from (restarting from the latest checkpoint) before the run fails."""
     init_from: str | None = None
-    """Start a new run from the weights (only) of this checkpoint or HF model folder; --init-from sets it."""
+    """Start a new run from the weights of this checkpoint or HF model folder (only the weights, unless
+    init_optimizer_state); --init-from sets it."""
+    init_optimizer_state: bool = False
+    """Also take the optimizer state (Adam's moments and step counts) of init_from, one of our training
+    checkpoints with the same optimizer and model: a decay phase that goes on from its main phase, as
+    ModernBERT's. The learning rate, its schedule and the step count of the run are this run's own."""
 
     def validate(self) -> None:
         _check_positive(self, "every", "keep")
         _check_non_negative(self, "max_failures")
+        if self.init_optimizer_state and not self.init_from:
+            raise InvalidSetting(
+                "init_optimizer_state", "needs checkpoint.init_from (--init-from RUN/checkpoint_N)"
+            )
         if not self.run_name or "/" in self.run_name:
             raise InvalidSetting("run_name", f"must be a plain folder name, got {self.run_name!r}")
 
@@ -357,6 +414,8 @@ class JobConfig:
             raise InvalidSetting(
                 None, "data.prepare.objective is 'mlm' (no sentence pairs): set model.use_nsp: false"
             )
+        if self.train.max_steps is not None:  # a token budget's steps are known once the data is
+            self.optim.phase_steps(self.train.max_steps)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain YAML/JSON-able data (loads back with `config_from_dict`)."""

@@ -322,6 +322,31 @@ def init_weights_from(model: PretrainingModel, source: str | Path) -> None:
             family.copy_hf_weights(model, directory)
 
 
+def init_optimizer_state_from(optimizer: torch.optim.Optimizer, source: str | Path) -> None:
+    """Take the optimizer state (moments and step counts) of the training checkpoint `source` into
+    `optimizer`, which keeps its own hyperparameters (lr, betas, eps, weight decay): the next phase of the
+    same training (the driver checked that the checkpoint's optimizer and model are the run's)."""
+    with storage.local_input(storage.join(source, OPTIMIZER_FILE)) as local, _naming_damaged_file(
+        Path(local).parent, OPTIMIZER_FILE
+    ):
+        saved = torch.load(local, weights_only=True)
+    ours = optimizer.state_dict()
+    counts = [len(group["params"]) for group in ours["param_groups"]]
+    saved_counts = [len(group["params"]) for group in saved["param_groups"]]
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    different = [
+        index
+        for index, state in saved["state"].items()
+        if index >= len(parameters) or state["exp_avg"].shape != parameters[index].shape
+    ]
+    if counts != saved_counts or different:
+        raise UserError(
+            f"--init-from {source}: its optimizer state is for other parameters (tensors per group "
+            f"{saved_counts} there vs {counts} here): drop checkpoint.init_optimizer_state"
+        )
+    optimizer.load_state_dict({"state": saved["state"], "param_groups": ours["param_groups"]})
+
+
 def check_init_from(source: str | Path) -> None:
     """A UserError unless `source` is a training checkpoint or an HF model folder."""
     if not any(storage.is_file(storage.join(source, name)) for name in (MODEL_CONFIG_FILE, "config.json")):

@@ -26,7 +26,7 @@ from ray.train.torch import TorchTrainer
 import data
 from common import local_ray, storage
 from common.console import say
-from common.errors import Interrupted, UserError
+from common.errors import Interrupted, InvalidSetting, UserError
 from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR, HEALTH_CHECK_INTERVAL_S_ENV_VAR
 from common.redact import redact
 from data.manifest import MANIFEST_FILE
@@ -201,6 +201,10 @@ def build_run(
         total_steps = config.train.max_steps
     else:  # a token budget, in steps of the prepared data's mean example length
         total_steps = schedule.steps_for_tokens(config.train.max_tokens, tokens_per_example)
+        try:  # the warmup and a wsd decay must fit (with max_steps the config checked it)
+            config.optim.phase_steps(total_steps)
+        except InvalidSetting as error:
+            raise UserError(f"{error} (train.max_tokens={config.train.max_tokens:,})") from None
     plan = RunPlan(
         batch=batch,
         total_steps=total_steps,

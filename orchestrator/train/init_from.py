@@ -8,7 +8,9 @@ LayerNorm eps) replace the preset, and a preset that says otherwise is refused. 
 tokenizer, because the embedding rows are indexed by its ids: another one is refused. A family's retunable
 fields (ModernBERT's global rotary theta and positions: context extension) may be set anew by the run; a
 donor of another family than model.family is refused. Only the header of the weights is read here; the
-workers load the weights themselves (`init_weights_from`).
+workers load the weights themselves (`init_weights_from`), and with `checkpoint.init_optimizer_state` a
+training checkpoint's optimizer state (`init_optimizer_state_from`), once its optimizer and heads are found
+to be the run's.
 """
 
 from __future__ import annotations
@@ -22,13 +24,19 @@ from dataclasses import dataclass
 from common import storage
 from common.console import say
 from common.errors import UserError
+from common.redact import redact
 from data import load_tokenizer
 from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
 from model import FAMILIES, EncoderConfig, Family, config_from_checkpoint_json, family_of
 from model.families import family_of_hf_config
 from model.hf import CONFIG_FILE, SAFETENSORS_FILE, tensor_names
 from orchestrator.config import AUTO_PRESET, JobConfig
-from orchestrator.train.checkpoints import MODEL_CONFIG_FILE, TRAIN_STATE_FILE, check_init_from
+from orchestrator.train.checkpoints import (
+    MODEL_CONFIG_FILE,
+    OPTIMIZER_FILE,
+    TRAIN_STATE_FILE,
+    check_init_from,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class Donor:
     has_nsp_head: bool
     config_hash: str
     """sha256 of its config file (16 hex digits): which donor a run started from."""
+    optimizer: str | None = None
+    """The optimizer (optim.name) whose state a training checkpoint holds; None for an HF folder."""
 
     @property
     def family(self) -> Family:
@@ -70,7 +80,16 @@ def read_donor(source: str) -> Donor:
         if storage.is_file(checkpoint_config):
             text = storage.read_text(checkpoint_config)
             config = config_from_checkpoint_json(text)
-            return Donor(source, config, _run_tokenizer(source), True, config.use_nsp, _hash(text))
+            run_config = _run_config(source)
+            return Donor(
+                source,
+                config,
+                _run_tokenizer(run_config),
+                True,
+                config.use_nsp,
+                _hash(text),
+                _optimizer_name(source, run_config),
+            )
         text = storage.read_text(storage.join(source, CONFIG_FILE))
         hf_config = json.loads(text)
         family = family_of_hf_config(hf_config, f"--init-from {source}")
@@ -83,14 +102,16 @@ def read_donor(source: str) -> Donor:
 
 
 def adopt_donor(job: JobConfig, donor: Donor) -> JobConfig:
-    """The job with the donor's tokenizer; refuses a family, a preset or a tokenizer that contradicts the
-    donor."""
+    """The job with the donor's tokenizer; refuses a family, a preset, a tokenizer or (with
+    checkpoint.init_optimizer_state) an optimizer that contradicts the donor."""
     if donor.family.name != job.model.family:
         raise UserError(
             f"--init-from {donor.source} is a {donor.family.name} model but model.family is "
             f"{job.model.family}: set model.family: {donor.family.name}, or start from a {job.model.family} "
             "checkpoint"
         )
+    if job.checkpoint.init_optimizer_state:
+        _check_optimizer_donor(job, donor)
     if job.model.preset != AUTO_PRESET:
         preset = donor.family.presets[job.model.preset]
         theirs = {name: getattr(donor.config, name) for name in preset}
@@ -116,6 +137,30 @@ def adopt_donor(job: JobConfig, donor: Donor) -> JobConfig:
         return job
     say(f"Using the tokenizer of --init-from: {donor.tokenizer_dir}")
     return dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer_dir=donor.tokenizer_dir))
+
+
+def _check_optimizer_donor(job: JobConfig, donor: Donor) -> None:
+    """The donor's optimizer state fits the run: same optimizer, same parameters (the heads included)."""
+    drop = "or drop checkpoint.init_optimizer_state to start the optimizer afresh"
+    if donor.optimizer is None:
+        raise UserError(
+            f"checkpoint.init_optimizer_state: --init-from {donor.source} holds no optimizer state (an HF "
+            f"folder or a run's final/ has the weights only): give one of the run's checkpoints "
+            f"(RUN/checkpoint_N), {drop}"
+        )
+    if donor.optimizer != job.optim.name:
+        raise UserError(
+            f"checkpoint.init_optimizer_state: --init-from {donor.source} holds the state of "
+            f"optim.name={donor.optimizer}, this run uses {job.optim.name}: set "
+            f"optim.name={donor.optimizer}, {drop}"
+        )
+    if donor.family.has_nsp and donor.has_nsp_head != job.model.use_nsp:
+        raise UserError(
+            f"checkpoint.init_optimizer_state: --init-from {donor.source} was trained with "
+            f"model.use_nsp={str(donor.has_nsp_head).lower()}, so its optimizer state is for other "
+            f"parameters: set model.use_nsp={str(donor.has_nsp_head).lower()}, {drop}"
+        )
+    say(f"Taking the optimizer state of --init-from {redact(donor.source)} as well ({donor.optimizer}).")
 
 
 def model_config(
@@ -171,12 +216,22 @@ def _tensor_names(source: str) -> list[str]:
     return [name for name in header if name != "__metadata__"]
 
 
-def _run_tokenizer(checkpoint: str) -> str | None:
-    """The tokenizer of the run that wrote a training checkpoint, when it is still there."""
+def _run_config(checkpoint: str) -> dict:
+    """The resolved config of the run that wrote a training checkpoint ({} when it has none)."""
     state_file = storage.join(checkpoint, TRAIN_STATE_FILE)
     if not storage.is_file(state_file):
+        return {}
+    return json.loads(storage.read_text(state_file)).get("config", {})
+
+
+def _optimizer_name(checkpoint: str, run_config: dict) -> str | None:
+    if not storage.is_file(storage.join(checkpoint, OPTIMIZER_FILE)):
         return None
-    run_config = json.loads(storage.read_text(state_file)).get("config", {})
+    return run_config.get("optim", {}).get("name")
+
+
+def _run_tokenizer(run_config: dict) -> str | None:
+    """The tokenizer of the run that wrote a training checkpoint, when it is still there."""
     tokenizer_dir = run_config.get("data", {}).get("tokenizer_dir")
     return tokenizer_dir if tokenizer_dir and _holds_tokenizer(tokenizer_dir) else None
 

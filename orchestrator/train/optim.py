@@ -1,9 +1,10 @@
 """Optimizers and learning-rate schedules of the pretraining loop.
 
-AdamW (or LAMB for very large batches) with weight decay off for biases and LayerNorm weights, as in BERT;
-a linear warmup followed by a linear or cosine decay to zero at the last step. Both step every tensor at
-once: AdamW with torch's fused kernels (CUDA and CPU), LAMB with multi-tensor `torch._foreach_*` ops, and
-neither reads a value back to the host.
+AdamW, LAMB for very large batches, or StableAdamW (ModernBERT's), with weight decay off for biases and
+LayerNorm weights, as in BERT. After a linear warmup: a linear or cosine decay to zero at the last step, or
+warmup-stable-decay (the peak held, then a linear or 1-sqrt decay over the last steps). Every optimizer steps
+all tensors at once: AdamW with torch's fused kernels (CUDA and CPU), LAMB and StableAdamW with multi-tensor
+`torch._foreach_*` ops, and none reads a value back to the host.
 """
 
 from __future__ import annotations
@@ -34,35 +35,48 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     betas = (config.betas[0], config.betas[1])
     if config.name == "lamb":
         return Lamb(groups, lr=config.lr, betas=betas, eps=config.eps)
+    if config.name == "stableadamw":
+        return StableAdamW(groups, lr=config.lr, betas=betas, eps=config.eps)
     return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps, fused=True)
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup_steps, decay_steps = config.phase_steps(total_steps)
+    shape = config.decay_shape if config.schedule == "wsd" else config.schedule
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, config.warmup_steps, total_steps, config.schedule)
+        optimizer,
+        lambda step: lr_multiplier(step, warmup_steps, decay_steps, total_steps, shape, config.min_lr_ratio),
     )
 
 
-def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """The share of the peak learning rate used for the update that takes the model from `step` to step+1."""
+def lr_multiplier(
+    step: int, warmup_steps: int, decay_steps: int, total_steps: int, shape: str, min_lr_ratio: float = 0.0
+) -> float:
+    """The share of the peak learning rate used for the update that takes the model from `step` to step+1:
+    a linear warmup, the peak, then the decay's `shape` (linear, cosine or 1-sqrt) over the last
+    `decay_steps`, from 1 down to `min_lr_ratio` after the last step."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
+    decay_start = total_steps - decay_steps
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / max(1, decay_steps))
+    if shape == "cosine":
+        remaining = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif shape == "1-sqrt":
+        remaining = 1.0 - math.sqrt(progress)
+    else:
+        remaining = 1.0 - progress
+    return min_lr_ratio + (1.0 - min_lr_ratio) * remaining
 
 
-class Lamb(torch.optim.Optimizer):
-    """LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning"): Adam's update with decoupled
-    weight decay, scaled per tensor by the trust ratio ||w|| / ||update|| (1 where either norm is 0).
-    Bias correction as in the paper's Algorithm 2 and NVIDIA's BERT recipe.
-
-    One multi-tensor step per parameter group, with the step counts on the parameters' device: no Python
-    work per tensor beyond collecting the lists, and no synchronisation with the host. The parameters of a
-    group share one device."""
+class _MultiTensorAdam(torch.optim.Optimizer):
+    """Adam's moments for optimizers that change what is done with them: one multi-tensor step per
+    parameter group, with the step counts on the parameters' device, so no Python work per tensor beyond
+    collecting the lists and no synchronisation with the host. The parameters of a group share one device.
+    The state is torch AdamW's (step, exp_avg, exp_avg_sq)."""
 
     def __init__(
         self,
@@ -83,6 +97,9 @@ class Lamb(torch.optim.Optimizer):
                 self._step_group(group, params)
         return loss
 
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
     def _state(self, parameter: torch.Tensor) -> dict[str, torch.Tensor]:
         state = self.state[parameter]
         if not state:
@@ -93,7 +110,10 @@ class Lamb(torch.optim.Optimizer):
             state["step"] = state["step"].to(parameter.device)
         return state
 
-    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+    def _moments(self, group: dict, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
+        """Update the moments with the gradients; return (m, 1 - beta1^t, sqrt(v_hat)): the first moments
+        (the state itself), their bias corrections (0-d tensors), and the square roots of the bias-corrected
+        second moments (new tensors)."""
         beta1, beta2 = group["betas"]
         states = [self._state(p) for p in params]
         grads = [p.grad for p in params]
@@ -113,9 +133,50 @@ class Lamb(torch.optim.Optimizer):
         torch._foreach_neg_(bias_correction2)
         torch._foreach_add_(bias_correction2, 1)
         torch._foreach_sqrt_(bias_correction2)
+        root_second_moments = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(root_second_moments, bias_correction2)
+        return exp_avgs, bias_correction1, root_second_moments
+
+
+class StableAdamW(_MultiTensorAdam):
+    """StableAdamW (Wortsman et al. 2023, "Stable and low-precision training for large-scale vision-language
+    models", Algorithm 2): AdamW whose step size shrinks per tensor where the gradient outgrows the second
+    moment, as AdaFactor's update clipping. For each tensor, RMS_t = sqrt(mean(g_t^2 / max(v_t, eps^2)))
+    with v_t bias-corrected, the step size is lr / max(1, RMS_t), and the decoupled weight decay scales the
+    weights by 1 - step size * weight_decay (torch AdamW's convention, with the clipped step size).
+
+    Written here rather than taken from torch-optimi, whose foreach step reads every tensor's RMS back to the
+    host (a synchronisation per tensor on a GPU) and whose param groups save the kernel it chose (Triton on
+    a GPU) into the optimizer state, which a resume on a CPU would then try to run."""
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        eps = group["eps"]
+        exp_avgs, bias_correction1, roots = self._moments(group, params)
+        # RMS_t = ||g / max(sqrt(v), eps)|| / sqrt(numel), as sqrt(max(v, eps^2)) = max(sqrt(v), eps).
+        ratios = torch._foreach_maximum(roots, eps)
+        torch._foreach_reciprocal_(ratios)
+        torch._foreach_mul_(ratios, [p.grad for p in params])
+        norms = torch._foreach_norm(ratios)
+        del ratios
+        rms = torch.stack(torch._foreach_div(norms, [math.sqrt(p.numel()) for p in params]))
+        step_sizes = group["lr"] / torch.clamp(rms, min=1.0)
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, (1 - step_sizes * group["weight_decay"]).unbind())
+        # theta -= step size * (m / (1 - beta1^t)) / (sqrt(v) + eps), the scales folded into one buffer.
+        torch._foreach_add_(roots, eps)
+        torch._foreach_reciprocal_(roots)
+        torch._foreach_mul_(roots, (-step_sizes / torch.stack(bias_correction1)).unbind())
+        torch._foreach_addcmul_(params, exp_avgs, roots)
+
+
+class Lamb(_MultiTensorAdam):
+    """LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning"): Adam's update with decoupled
+    weight decay, scaled per tensor by the trust ratio ||w|| / ||update|| (1 where either norm is 0).
+    Bias correction as in the paper's Algorithm 2 and NVIDIA's BERT recipe."""
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        exp_avgs, bias_correction1, denominators = self._moments(group, params)
         # Adam's update (m / bc1) / (sqrt(v) / sqrt(bc2) + eps), plus the decoupled weight decay.
-        denominators = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denominators, bias_correction2)
         torch._foreach_add_(denominators, group["eps"])
         updates = torch._foreach_div(exp_avgs, bias_correction1)
         torch._foreach_div_(updates, denominators)

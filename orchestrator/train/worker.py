@@ -33,6 +33,7 @@ from orchestrator.train.checkpoints import (
     Trainables,
     TrainState,
     find_resume_checkpoint,
+    init_optimizer_state_from,
     init_weights_from,
     load_checkpoint,
 )
@@ -125,8 +126,11 @@ class Worker:
             with storage.local_input(resume.path) as directory:
                 state = load_checkpoint(Path(directory), self.trainables, self.rank)
             return dataclasses.replace(state, data_order=data_order)
-        if self.run.config.checkpoint.init_from:
-            init_weights_from(self.model, self.run.config.checkpoint.init_from)
+        checkpoint = self.run.config.checkpoint
+        if checkpoint.init_from:
+            init_weights_from(self.model, checkpoint.init_from)
+            if checkpoint.init_optimizer_state:
+                init_optimizer_state_from(self.trainables.optimizer, checkpoint.init_from)
         return TrainState(world_size=self.world_size, data_order=data_order)
 
     def train(self) -> None:

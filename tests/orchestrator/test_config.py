@@ -139,6 +139,48 @@ def test_a_batch_warmup_starts_at_a_size_that_divides_the_global_batch():
         ) in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optim.schedule=wsd"], "optim: schedule wsd needs exactly one of decay_steps and decay_fraction"),
+        (
+            ["optim.schedule=wsd", "optim.decay_steps=10", "optim.decay_fraction=0.1"],
+            "needs exactly one of decay_steps and decay_fraction",
+        ),
+        (["optim.decay_steps=10"], "optim.decay_steps is for the wsd schedule only"),
+        (["optim.schedule=wsd", "optim.decay_steps=-1"], "optim.decay_steps must be >= 0, got -1"),
+        (["optim.schedule=wsd", "optim.decay_fraction=1.5"], "optim.decay_fraction must be in (0, 1], got"),
+        (
+            ["optim.schedule=wsd", "optim.decay_shape=cosine"],
+            "optim.decay_shape: 'cosine' is not one of 'linear', '1-sqrt'",
+        ),
+        (["optim.min_lr_ratio=2"], "optim.min_lr_ratio must be in [0, 1], got 2"),
+        (
+            ["optim.schedule=wsd", "optim.decay_steps=61", "train.max_steps=60", "optim.warmup_steps=0"],
+            "optim.warmup_steps (0) + the wsd decay (61 steps) exceed the run's 60 steps",
+        ),
+        (
+            ["optim.schedule=wsd", "optim.decay_fraction=0.9", "train.max_steps=60", "optim.warmup_steps=10"],
+            "optim.warmup_steps (10) + the wsd decay (54 steps) exceed the run's 60 steps",
+        ),
+        (["checkpoint.init_optimizer_state=true"], "init_optimizer_state needs checkpoint.init_from"),
+    ],
+)
+def test_bad_schedule_and_optimizer_settings_are_refused_naming_the_key(overrides, expected):
+    with pytest.raises(UserError) as error:
+        load_config("debug", overrides)
+    assert expected in str(error.value)
+
+
+def test_config_show_prints_the_optimizer_and_schedule_keys(capsys):
+    overrides = ["optim.name=stableadamw", "optim.schedule=wsd", "optim.decay_fraction=0.2"]
+    assert main(["config", "show", "debug", *(f"--set={o}" for o in overrides)]) == 0
+    optim = yaml.safe_load(capsys.readouterr().out)["optim"]
+    assert optim["name"] == "stableadamw" and optim["schedule"] == "wsd"
+    assert (optim["decay_steps"], optim["decay_fraction"]) == (None, 0.2)
+    assert (optim["decay_shape"], optim["min_lr_ratio"]) == ("linear", 0.0)
+
+
 def test_num_workers_takes_a_count_or_an_elastic_range(capsys):
     fixed = load_config("debug", ["scaling.min_workers=2", *flag_overrides(4, None)])
     assert (fixed.scaling.min_workers, fixed.scaling.num_workers, fixed.scaling.elastic) == (None, 4, False)

@@ -1,7 +1,8 @@
 """Continued pretraining from an HF BERT of a shape no preset has: the checkpoint decides the model and the
 tokenizer, heads load when present, a padded vocabulary loads, and a run through Ray Train exports a model
 that transformers loads with the donor's sizes (unchanged at lr 0; better on the held-out split at a normal
-lr). Donors are made by transformers itself, with a WordPiece tokenizer saved beside them."""
+lr). Donors are made by transformers itself, with a WordPiece tokenizer saved beside them. A decay phase
+started from one of our checkpoints goes on with its optimizer state (checkpoint.init_optimizer_state)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,22 @@ import transformers
 from mlflow import MlflowClient
 
 from common.errors import UserError
-from model import BertForPreTraining
-from orchestrator.config import config_from_dict
-from orchestrator.run_dir import RunDir
-from orchestrator.train.checkpoints import init_weights_from
+from model import BertConfig, BertForPreTraining
+from orchestrator.config import OptimConfig, config_from_dict
+from orchestrator.run_dir import RunDir, checkpoint_name
+from orchestrator.train.checkpoints import (
+    OPTIMIZER_FILE,
+    SCHEDULER_FILE,
+    Trainables,
+    TrainState,
+    init_optimizer_state_from,
+    init_weights_from,
+    rng_state,
+    save_checkpoint,
+)
 from orchestrator.train.driver import train
 from orchestrator.train.init_from import adopt_donor, model_config, read_donor
+from orchestrator.train.optim import build_optimizer, build_scheduler
 from tests.orchestrator.conftest import (
     DONOR_SHAPE,
     HF_CLASSES,
@@ -186,3 +197,106 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_mlflow_records_the_d
     history = {m.step: m.value for m in client.get_metric_history(run_id, "2-eval/mlm_loss")}
     assert sorted(history) == [0, 12]  # the donor's own score first, before any step
     assert history[12] < history[0]
+
+
+def train_a_little(model, optimizer, scheduler=None, steps: int = 3, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for parameter in model.parameters():
+            parameter.grad = torch.randn(parameter.shape, generator=generator)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def main_phase_checkpoint(directory: Path, optimizer_name: str, use_nsp: bool = False):
+    """One of our training checkpoints after 3 updates, as a main phase leaves it; its model and optimizer."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(
+        BertConfig.from_preset("tiny", vocab_size=len(VOCAB), num_hidden_layers=1, use_nsp=use_nsp)
+    )
+    config = OptimConfig(name=optimizer_name, lr=1e-3)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, 10)
+    train_a_little(model, optimizer, scheduler)
+    job = {"optim": {"name": optimizer_name}, "model": {"use_nsp": use_nsp}}
+    trainables = Trainables(model, optimizer, scheduler)
+    save_checkpoint(directory, trainables, TrainState(step=3), [rng_state()], job)
+    return model, optimizer
+
+
+@pytest.mark.parametrize("name", ["stableadamw", "adamw"])
+def test_the_optimizer_state_carried_goes_on_as_the_main_phase_would_with_the_runs_own_lr(tmp_path, name):
+    model, optimizer = main_phase_checkpoint(tmp_path / "checkpoint_3", name)
+    decay_model = BertForPreTraining(model.config)
+    init_weights_from(decay_model, tmp_path / "checkpoint_3")
+    decay_optimizer = build_optimizer(decay_model, OptimConfig(name=name, lr=5e-4, weight_decay=0.05))
+    init_optimizer_state_from(decay_optimizer, tmp_path / "checkpoint_3")
+    # The run's own settings, not the donor's.
+    assert [group["lr"] for group in decay_optimizer.param_groups] == [5e-4, 5e-4]
+    assert [group["weight_decay"] for group in decay_optimizer.param_groups] == [0.05, 0.0]
+
+    for group in optimizer.param_groups:  # the main phase going on with the decay phase's settings
+        group["lr"], group["weight_decay"] = 5e-4, 0.05 if group["weight_decay"] else 0.0
+    train_a_little(model, optimizer, seed=1)
+    train_a_little(decay_model, decay_optimizer, seed=1)
+    expected = model.state_dict()
+    for key, ours in decay_model.state_dict().items():
+        assert torch.equal(ours, expected[key]), key
+
+
+def test_an_optimizer_state_of_other_parameters_is_refused(tmp_path):
+    main_phase_checkpoint(tmp_path / "with_nsp", "stableadamw", use_nsp=True)
+    model = BertForPreTraining(
+        BertConfig.from_preset("tiny", vocab_size=len(VOCAB), num_hidden_layers=1, use_nsp=False)
+    )
+    optimizer = build_optimizer(model, OptimConfig(name="stableadamw"))
+    with pytest.raises(UserError, match="its optimizer state is for other parameters"):
+        init_optimizer_state_from(optimizer, tmp_path / "with_nsp")
+
+
+def test_an_optimizer_state_the_run_cannot_take_is_refused_before_ray_starts(tmp_path, donor_dir, capsys):
+    checkpoint = tmp_path / "checkpoint_3"
+    main_phase_checkpoint(checkpoint, "stableadamw")
+    carry = {"init_optimizer_state": True}
+
+    def adopt(donor: Path, **sections):
+        job = continue_job(tmp_path, donor, **sections)
+        job = dataclasses.replace(job, checkpoint=dataclasses.replace(job.checkpoint, **carry))
+        return adopt_donor(job, read_donor(str(donor)))
+
+    with pytest.raises(UserError, match=r"holds no optimizer state \(an HF folder or a run's final/"):
+        adopt(donor_dir, optim={"name": "stableadamw"})
+    with pytest.raises(UserError, match="holds the state of optim.name=stableadamw, this run uses adamw"):
+        adopt(checkpoint, optim={"name": "adamw"})
+    main_phase_checkpoint(tmp_path / "with_nsp", "stableadamw", use_nsp=True)
+    with pytest.raises(UserError, match="was trained with model.use_nsp=true, so its optimizer state is for"):
+        adopt(tmp_path / "with_nsp", optim={"name": "stableadamw"})
+    adopt(checkpoint, optim={"name": "stableadamw"})
+    said = capsys.readouterr().out
+    assert f"Taking the optimizer state of --init-from {checkpoint} as well (stableadamw)" in said
+
+
+def test_a_stable_main_phase_then_its_own_1_sqrt_decay_phase_with_the_optimizer_state_through_ray(
+    tmp_path, donor_dir, ray_session
+):
+    """ModernBERT's recipe: StableAdamW at the peak lr to the main phase's end, then a decay run started
+    from its checkpoint with its optimizer state, decaying from the peak to 0."""
+    wsd = {"name": "stableadamw", "lr": 1e-3, "schedule": "wsd"}
+
+    def phase(donor: Path, name: str, steps: int, optim: dict, **checkpoint):
+        job = continue_job(tmp_path, donor, train={"max_steps": steps}, optim={**wsd, **optim})
+        settings = {"run_name": name, "every": steps, **checkpoint}
+        return train(dataclasses.replace(job, checkpoint=dataclasses.replace(job.checkpoint, **settings)))
+
+    main = phase(donor_dir, "main", 3, {"warmup_steps": 1, "decay_steps": 0})
+    main_checkpoint = Path(main.run_dir) / checkpoint_name(3)
+    main_lrs = torch.load(main_checkpoint / SCHEDULER_FILE, weights_only=True)["_last_lr"]
+    assert main_lrs == [1e-3, 1e-3]  # no decay in the main phase: the peak to its end
+    decay_schedule = {"decay_fraction": 1.0, "decay_shape": "1-sqrt"}
+    decay = phase(main_checkpoint, "decay", 2, decay_schedule, init_optimizer_state=True)
+    decay_checkpoint = Path(decay.run_dir) / checkpoint_name(2)
+    state = torch.load(decay_checkpoint / OPTIMIZER_FILE, weights_only=True)["state"]
+    steps = {float(tensor_state["step"]) for tensor_state in state.values()}
+    assert steps == {5.0}  # the main phase's 3 carried, then 2 of its own
+    assert torch.load(decay_checkpoint / SCHEDULER_FILE, weights_only=True)["_last_lr"] == [0.0, 0.0]

@@ -1,13 +1,16 @@
-"""The multi-tensor LAMB step against a per-parameter reference; AdamW is torch's fused one."""
+"""The multi-tensor LAMB and StableAdamW steps against per-parameter transcriptions of their papers; AdamW is
+torch's fused one. (Their checkpoint round trips: test_parts.)"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.testing import assert_close
 
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import OptimConfig
-from orchestrator.train.optim import Lamb, build_optimizer
+from orchestrator.train.optim import Lamb, StableAdamW, build_optimizer
 
 
 @torch.no_grad()
@@ -70,3 +73,62 @@ def test_adamw_is_the_fused_implementation():
     optimizer = build_optimizer(model, OptimConfig(name="adamw"))
     assert isinstance(optimizer, torch.optim.AdamW)
     assert all(group["fused"] for group in optimizer.param_groups)
+
+
+def reference_stableadamw_step(params, states, lr, betas, eps, weight_decay) -> list[float]:
+    """StableAdamW one tensor at a time in float64, line by line as Wortsman et al. 2023 write it
+    (Algorithm 2): debiased betas, u_t and v_t, RMS_t, the clipped step size eta_t, then
+    theta_t = theta_{t-1} - eta_t * lambda * theta_{t-1} - eta_t * u_t / (sqrt(v_t) + eps).
+    Returns the RMS_t of the tensors it stepped."""
+    beta1, beta2 = betas
+    rms_values = []
+    for parameter in params:
+        if parameter.grad is None:
+            continue
+        state = states.setdefault(parameter, {"t": 0, "u": torch.zeros_like(parameter)})
+        state.setdefault("v", torch.zeros_like(parameter))
+        state["t"] += 1
+        t, g = state["t"], parameter.grad
+        beta1_hat = beta1 * (1 - beta1 ** (t - 1)) / (1 - beta1**t)
+        beta2_hat = beta2 * (1 - beta2 ** (t - 1)) / (1 - beta2**t)
+        state["v"] = beta2_hat * state["v"] + (1 - beta2_hat) * g**2
+        state["u"] = beta1_hat * state["u"] + (1 - beta1_hat) * g
+        rms = math.sqrt((g**2 / torch.clamp(state["v"], min=eps**2)).mean().item())
+        eta = lr / max(1.0, rms)
+        update = state["u"] / (state["v"].sqrt() + eps)
+        parameter.data = parameter - eta * weight_decay * parameter - eta * update
+        rms_values.append(rms)
+    return rms_values
+
+
+def test_stableadamw_equals_the_papers_algorithm_in_float64_with_and_without_clipping():
+    betas, eps = (0.9, 0.99), 1e-6
+    ours = [torch.nn.Parameter(t.clone()) for t in random_tensors(2)]
+    reference = [torch.nn.Parameter(t.double()) for t in random_tensors(2)]
+    groups = [{"params": ours[:4], "weight_decay": 0.1}, {"params": ours[4:]}]
+    optimizer = StableAdamW(groups, lr=0.0, betas=betas, eps=eps)
+    reference_states: dict = {}
+    rms_seen = []
+    generator = torch.Generator().manual_seed(3)
+    for step in range(20):
+        lr = 0.02 * (1 - step / 40)  # as a scheduler sets it: each step reads the group's lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # A gradient 30 times the usual on some steps: its RMS_t far above 1, the step size clipped.
+        scale = 30.0 if step in (6, 7, 13) else 1.0
+        for index, (a, b) in enumerate(zip(ours, reference, strict=True)):
+            if index == 2 and step % 4 == 1:  # sometimes no gradient: the tensor is skipped that step
+                a.grad = b.grad = None
+            else:
+                grad = scale * torch.randn(a.shape, generator=generator)
+                a.grad, b.grad = grad.clone(), grad.double()
+        optimizer.step()
+        rms_seen += reference_stableadamw_step(reference[:4], reference_states, lr, betas, eps, 0.1)
+        rms_seen += reference_stableadamw_step(reference[4:], reference_states, lr, betas, eps, 0.0)
+        for index, (a, b) in enumerate(zip(ours, reference, strict=True)):
+            where = f"tensor {index}, step {step}"
+            assert_close(a.detach().double(), b.detach(), rtol=1e-6, atol=1e-6, msg=where)
+    clipped, unclipped = sum(rms > 1.5 for rms in rms_seen), sum(rms < 1 for rms in rms_seen)
+    assert clipped >= 10 and unclipped >= 60, (clipped, unclipped)  # both kinds of step happened
+    assert optimizer.state[ours[2]]["step"] == 15 and optimizer.state[ours[0]]["step"] == 20
+

@@ -136,11 +136,11 @@ def test_resources_that_can_never_be_met_are_named():
 
 
 def test_schedule_warms_up_linearly_then_decays_to_zero():
-    assert [lr_multiplier(s, 4, 12, "linear") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_multiplier(8, 4, 12, "linear") == pytest.approx(0.5)
-    assert lr_multiplier(12, 4, 12, "linear") == 0.0
-    assert lr_multiplier(8, 4, 12, "cosine") == pytest.approx(0.5)
-    assert lr_multiplier(6, 4, 12, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert [lr_multiplier(s, 4, 8, 12, "linear") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_multiplier(8, 4, 8, 12, "linear") == pytest.approx(0.5)
+    assert lr_multiplier(12, 4, 8, 12, "linear") == 0.0
+    assert lr_multiplier(8, 4, 8, 12, "cosine") == pytest.approx(0.5)
+    assert lr_multiplier(6, 4, 8, 12, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
 
 
 def test_no_weight_decay_on_biases_and_layernorm():
@@ -163,7 +163,7 @@ def test_lamb_scales_each_update_by_the_trust_ratio():
     torch.testing.assert_close(weight.detach(), expected)
 
 
-@pytest.mark.parametrize("name", ["adamw", "lamb"])
+@pytest.mark.parametrize("name", ["adamw", "lamb", "stableadamw"])
 def test_a_checkpoint_restores_training_exactly(tmp_path, name):
     config = OptimConfig(name=name, lr=1e-3, warmup_steps=2)
 

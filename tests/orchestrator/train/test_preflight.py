@@ -114,6 +114,22 @@ def test_a_sequence_longer_than_the_models_positions_is_refused_before_anything_
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "runs").exists()
 
 
+def test_a_wsd_decay_longer_than_a_token_budget_is_refused_before_ray_train_starts(tmp_path, prepared_corpus):
+    """With train.max_tokens the steps are known once the data is: the driver checks the decay fits then."""
+    job = make_job(
+        tmp_path,
+        prepared_corpus["data"],
+        train={"max_steps": None, "max_tokens": 1000},
+        optim={"schedule": "wsd", "decay_steps": 500},
+    )
+    started = time.monotonic()
+    with pytest.raises(UserError) as refused:
+        train(job)
+    assert time.monotonic() - started < REFUSED_WITHIN_S
+    assert "+ the wsd decay (500 steps) exceed the run's" in str(refused.value)
+    assert str(refused.value).endswith("(train.max_tokens=1,000)")
+
+
 def test_a_checkpoint_damaged_inside_fails_the_run_once_naming_the_file(tmp_path, prepared_corpus):
     """The sizes and the recorded SHA-256 match (the damage was done before they were recorded), so only
     loading it finds the damage: in every worker, at every restart."""
