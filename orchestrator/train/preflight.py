@@ -178,13 +178,23 @@ def ensure_prepared_data(job: JobConfig, resume: ResumePoint | None = None) -> d
 
 def _ensure_tokenizer(job: JobConfig, resume: ResumePoint | None) -> None:
     """A tokenizer the user brought (no marker) is used as it is; one that `train` built is rebuilt when the
-    recipe's corpus or tokenizer settings change."""
+    recipe's corpus or tokenizer settings change. A run started --init-from never trains one: its tokenizer
+    is the donor's (`init_from.adopt_donor`), whose ids index the donor's embeddings, and another
+    run's data may be built on it."""
     settings = job.data
     tokenizer_dir = settings.tokenizer_dir
     wanted = {"corpus": redact(settings.corpus), "tokenizer": dataclasses.asdict(settings.tokenizer)}
     marker = storage.join(tokenizer_dir, TOKENIZER_SETTINGS_FILE)
     tokenizer_files = (storage.join(tokenizer_dir, name) for name in (TOKENIZER_FILE, VOCAB_FILE))
     has_tokenizer = any(storage.is_file(path) for path in tokenizer_files)
+    if job.checkpoint.init_from:
+        if not has_tokenizer:
+            raise UserError(
+                f"--init-from {job.checkpoint.init_from} brings no tokenizer and data.tokenizer_dir "
+                f"{tokenizer_dir or '(unset)'} holds none: set data.tokenizer_dir to the tokenizer the "
+                "checkpoint was trained with"
+            )
+        return
     if has_tokenizer and not (storage.is_file(marker) and json.loads(storage.read_text(marker)) != wanted):
         return
     if resume is not None:

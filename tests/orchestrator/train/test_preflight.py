@@ -92,6 +92,30 @@ def test_data_rebuild_replaces_it_with_this_runs_data(tmp_path, prepared_corpus,
     assert ensure_prepared_data(job).settings.max_seq_length == 24
 
 
+def test_a_run_started_from_a_checkpoint_never_trains_its_donors_tokenizer_again(tmp_path, prepared_corpus):
+    """The donor's tokenizer, built by its run's `train`, is the new run's whatever its recipe's tokenizer
+    settings say (a decay or context phase's recipe has none of its own): training it again would change the
+    ids that index the donor's embeddings, under the donor run's own prepared data."""
+    tokenizer = tmp_path / "tokenizer"
+    storage.copy_dir(prepared_corpus["data"]["tokenizer_dir"], str(tokenizer))
+    before = checksums(tokenizer)
+    other_settings = {
+        **prepared_corpus["data"],
+        "tokenizer_dir": str(tokenizer),
+        "prepared_dir": str(tmp_path / "prepared"),
+        "tokenizer": {"vocab_size": 120, "min_frequency": 1},
+    }
+    job = make_job(
+        tmp_path, other_settings, checkpoint={"init_from": str(tmp_path / "donor/checkpoint_000000004")}
+    )
+    manifest = ensure_prepared_data(job)
+    assert checksums(tokenizer) == before
+    assert manifest.tokenizer_hash == data.tokenizer_hash(str(tokenizer))
+    # Without --init-from, the same settings do train it again: the case above really differed.
+    ensure_prepared_data(make_job(tmp_path, {**other_settings, "prepared_dir": str(tmp_path / "prepared2")}))
+    assert checksums(tokenizer) != before
+
+
 def test_a_sequence_longer_than_the_models_positions_is_refused_before_anything_is_built(
     tmp_path, prepared_corpus
 ):
