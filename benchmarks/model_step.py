@@ -47,14 +47,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 import transformers
+from step_batches import make_batch, parse_workload
 from step_timing import autocast, make_step, median_and_spread, synchronize, time_rounds
 
 from model import IGNORE_INDEX, PRESETS, BertConfig, BertForPreTraining, compile_model
 from orchestrator.train.throughput import dense_bf16_peak_flops
 
-MASKED_FRACTION = 0.15
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PADDINGS = ("full", "half")
 LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 ROWS = (
     "(a) transformers, sdpa, padded, head on all",
@@ -62,42 +61,6 @@ ROWS = (
     "(c) ours unpadded, head on all",
     "(d) ours unpadded, head on labelled",
 )
-
-
-def parse_workload(text: str) -> tuple[str, int, int]:
-    """'half:8x512' -> ('half', 8, 512)."""
-    padding, _, shape = text.partition(":")
-    batch, _, seq = shape.partition("x")
-    if padding not in PADDINGS or not batch.isdigit() or not seq.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected PADDING:BATCHxSEQ, PADDING one of {PADDINGS}")
-    return padding, int(batch), int(seq)
-
-
-def make_batch(
-    config: BertConfig, batch_size: int, seq_len: int, padding: str, device: str
-) -> dict[str, torch.Tensor]:
-    """Two segments per row, round(15%) of each row's real positions labelled; with padding "half", real
-    lengths evenly spread from seq/8 to 7*seq/8."""
-    if padding == "half":
-        lengths = torch.linspace(seq_len / 8, 7 * seq_len / 8, batch_size).round().long()
-    else:
-        lengths = torch.full((batch_size,), seq_len)
-    attention_mask = (torch.arange(seq_len) < lengths[:, None]).long()
-    input_ids = torch.randint(5, config.vocab_size, (batch_size, seq_len)) * attention_mask
-    token_type_ids = ((torch.arange(seq_len) >= lengths[:, None] // 2) & attention_mask.bool()).long()
-    scores = torch.rand(batch_size, seq_len).masked_fill(attention_mask == 0, 2.0)  # padding sorts last
-    mlm_labels = torch.full((batch_size, seq_len), IGNORE_INDEX)
-    for row, length in enumerate(lengths.tolist()):
-        picked = scores[row].argsort()[: round(MASKED_FRACTION * length)]
-        mlm_labels[row, picked] = input_ids[row, picked]
-    batch = {
-        "input_ids": input_ids,
-        "token_type_ids": token_type_ids,
-        "attention_mask": attention_mask,
-        "mlm_labels": mlm_labels,
-        "next_sentence_label": torch.randint(0, 2, (batch_size,)),
-    }
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 def step_flops(config: BertConfig, batch: dict[str, torch.Tensor]) -> float:
@@ -192,7 +155,7 @@ def check_losses_agree(
 def compare(preset: str, workload: tuple[str, int, int], args: argparse.Namespace, peak: float) -> None:
     padding, batch_size, seq_len = workload
     config = BertConfig.from_preset(preset, vocab_size=args.vocab_size)
-    batch = make_batch(config, batch_size, seq_len, padding, args.device)
+    batch = make_batch(config.vocab_size, batch_size, seq_len, padding, args.device)
     rows = build_rows(config, batch, args)
     loss = check_losses_agree(rows, args.dtype)
     steps = {
