@@ -279,20 +279,17 @@ class EncoderLayer(nn.Module):
         layout: TokenLayout | None,
     ) -> torch.Tensor:
         """x is (B, S, H) with (S, hs) angles and an SDPA mask (or None), or (T, H) of the real tokens with
-        (T, hs) angles, their layout and (local layers) the band mask of the longest sequence, or None."""
+        (T, hs) angles and their layout."""
         dropout_p = self.attention_dropout if self.training else 0.0
         qkv = self.qkv(self.attention_norm(x))  # (B, S, 3H) or (T, 3H)
         head_size = qkv.shape[-1] // (3 * self.num_heads)
-        qkv = qkv.unflatten(-1, (3, self.num_heads, head_size))  # (B, S, 3, nh, hs) or (T, 3, nh, hs)
-        # queries and keys rotated in one go (half the elementwise calls of one each), each like v
-        q, k = apply_rotary(qkv[..., :2, :, :], cos.unsqueeze(-2), sin.unsqueeze(-2)).unbind(-3)
-        v = qkv[..., 2, :, :]  # (B, S, nh, hs) or (T, nh, hs)
+        # each (B, S, nh, hs), or (T, nh, hs) unpadded
+        q, k, v = qkv.unflatten(-1, (3, self.num_heads, head_size)).unbind(-3)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if layout is None:
             y = _dense_attention(q, k, v, attention_mask, dropout_p)
         else:
-            y = unpadded_attention(
-                q, k, v, layout, self.window, attention_mask, dropout_p, self.unpadded_attention
-            )
+            y = unpadded_attention(q, k, v, layout, self.window, dropout_p, self.unpadded_attention)
         x = x + self.attention_out_dropout(self.attention_out(y))
         value, gate = self.mlp_in(self.mlp_norm(x)).chunk(2, dim=-1)  # each (..., I)
         return x + self.mlp_out(self.mlp_dropout(self.activation(value) * gate))
@@ -314,14 +311,11 @@ def unpadded_attention(
     v: torch.Tensor,
     layout: TokenLayout,
     window: int | None,
-    longest_band: torch.Tensor | None,
     dropout_p: float,
     cuda_kernel: str,
 ) -> torch.Tensor:
     """Self-attention within each sequence of the unpadded (T, nh, hs) queries, keys and values, each query
-    seeing the keys at most `window` positions away (None: all); (T, H). No work on padding. `longest_band` is
-    `band_mask` of the longest sequence for this window (built once per batch, not per layer and sequence);
-    its top-left corner is each shorter sequence's.
+    seeing the keys at most `window` positions away (None: all); (T, H). No work on padding.
 
     On CUDA with "varlen", one flash call for the whole batch; its window_size (left, right) = (w, w) keeps
     the keys with |query - key| <= w, HF's sliding-window mask. That path needs a CUDA device with flash
@@ -337,7 +331,7 @@ def unpadded_attention(
     elif q.is_cuda and window is None:
         y = nested_attention(q, k, v, layout, dropout_p)
     else:
-        y = _attention_per_sequence(q, k, v, layout.lengths, window, longest_band, dropout_p)
+        y = _attention_per_sequence(q, k, v, layout.lengths, window, dropout_p)
     y = y.reshape(tokens, num_heads * head_size)
     torch._dynamo.maybe_mark_dynamic(y, 0)  # the compiled rest of the layer: one graph for any token count
     return y
@@ -349,15 +343,12 @@ def _attention_per_sequence(
     v: torch.Tensor,
     lengths: tuple[int, ...],
     window: int | None,
-    longest_band: torch.Tensor | None,
     dropout_p: float,
 ) -> torch.Tensor:
     outputs = []
     for q_b, k_b, v_b in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True):
         q_b, k_b, v_b = (t.transpose(0, 1).unsqueeze(0) for t in (q_b, k_b, v_b))  # each (1, nh, L, hs)
-        length = q_b.shape[2]
-        # (L, L), or None when every key is in reach (band_mask's rule)
-        mask = None if window is None or length <= window + 1 else longest_band[:length, :length]
+        mask = band_mask(q_b.shape[2], window, q.device)  # (L, L) or None
         y = F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask, dropout_p=dropout_p)
         outputs.append(y[0].transpose(0, 1))  # (L, nh, hs)
     return torch.cat(outputs)  # (T, nh, hs)
@@ -411,8 +402,7 @@ class ModernBertModel(nn.Module):
             positions = layout.positions
             x = self.embeddings(layout.unpad(input_ids))  # (T, H)
             torch._dynamo.maybe_mark_dynamic(x, 0)  # compiled layers: one graph for any token count
-            longest = max(layout.lengths)
-            masks = {window: band_mask(longest, window, x.device) for window in set(config.attention_windows)}
+            masks = dict.fromkeys(config.attention_windows)
         rotary = {
             theta: rotary_cos_sin(positions, config.head_size, theta, x.dtype)  # each (S, hs) or (T, hs)
             for theta in (config.global_rope_theta, config.local_rope_theta)
