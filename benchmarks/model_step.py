@@ -1,17 +1,27 @@
-"""Speed of one BERT pretraining step (forward, backward, AdamW): ours against transformers'.
+"""Speed of one BERT pretraining step (forward, backward, AdamW): ours against transformers', by saving.
 
-All models get the same config, batch, dtype and threads, in one process; their steps alternate, and each
-reports the median of `--steps` timed steps after one warm-up step. Two workloads by default:
-- full: 32 x 128, no padding;
+Four rows per workload, each a step on the same batch from the same initial weights (ours saved with
+`save_hf` and loaded by `transformers.BertForPreTraining.from_pretrained`); before timing, every row's loss
+on that batch (dropout off) must agree with transformers' (rtol 1e-4 in fp32, 2e-2 in bf16):
+  (a) transformers: `BertForPreTraining` with its fastest attention here (`attn_implementation="sdpa"`),
+      every position computed and the MLM head on every position, as HF's run_mlm.py runs a model;
+  (b) ours, the same work: padding computed (`unpad=False`) and the MLM head on every position (a wrapper
+      here, not a model switch), so (b)/(a) is the implementation alone;
+  (c) ours unpadded (the encoder on the real tokens only), the head still on every real position:
+      (c)/(b) is what skipping padding saves;
+  (d) ours as it trains: unpadded, the MLM head on the labelled positions only: (d)/(c) is that saving.
+The timed steps run in train mode (dropout 0.1 in all). Each round runs `--steps` steps of every row and
+keeps the median; the rows' order is reversed every other round; printed per row: real (non-padding)
+tokens/s, median over `--rounds` rounds (min-max), its ratio to the row above (the ratio of each round,
+median (min-max)), and the achieved model FLOP/s as a share (MFU) of the peak: on a GPU in the table of
+`orchestrator.train.throughput` its datasheet dense bf16 peak, else a large matmul measured here.
+Workloads by default:
+- full: 32 x 128, no padding ((c) is then (b): nothing to skip);
 - half: 8 x 512 with real lengths evenly spread from 1/8 to 7/8 of the sequence (64..448): half padding,
   about what phase 2 of BERT sees on Wikipedia-like text.
-On a padded workload ours runs twice: unpadded (the default) and padded (`unpad=False`, every position
-computed, as transformers does). Printed per (preset, workload): real (non-padding) tokens/s of each, the
-ratios, and the achieved model FLOP/s with its share (MFU) of the peak: on a GPU in the table of
-`orchestrator.train.throughput` its datasheet dense bf16 peak, else a large matmul measured here in the
-same dtype.
 
-Model FLOPs per step (`BertConfig.training_flops`: matmuls only, the backward pass twice the forward):
+Model FLOPs per step (`BertConfig.training_flops`: matmuls only, the backward pass twice the forward), the
+same count credited to every row, whatever it computes beyond it:
 
     step    = 3 * forward
     forward = L * (T * (8*H^2 + 4*H*I) + 4*H * sum_b len_b^2)   Q, K, V, output projections; MLP; attention
@@ -19,9 +29,7 @@ Model FLOPs per step (`BertConfig.training_flops`: matmuls only, the backward pa
             + B * (2*H^2 + 4*H)                                 pooler and NSP head
 
 with L layers, H hidden size, I intermediate size, V vocabulary size, T real tokens, len_b the real length
-of sequence b, N labelled (masked) positions and B sequences. Embedding lookups, norms, softmax,
-elementwise work and anything done on padding are not counted. This is the work BERT pretraining needs; the
-same count is credited to every model, whatever it computes beyond it.
+of sequence b, N labelled (masked) positions and B sequences.
 
     python benchmarks/model_step.py                                   # CPU, fp32: mini, full and half
     python benchmarks/model_step.py --device cuda --dtype bf16 --presets base --workloads half:64x512
@@ -30,57 +38,29 @@ same count is credited to every model, whatever it computes beyond it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import transformers
+from step_batches import make_batch, parse_workload
+from step_timing import autocast, make_step, median_and_spread, synchronize, time_rounds
 
 from model import IGNORE_INDEX, PRESETS, BertConfig, BertForPreTraining, compile_model
 from orchestrator.train.throughput import dense_bf16_peak_flops
 
-MASKED_FRACTION = 0.15
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PADDINGS = ("full", "half")
-
-
-def parse_workload(text: str) -> tuple[str, int, int]:
-    """'half:8x512' -> ('half', 8, 512)."""
-    padding, _, shape = text.partition(":")
-    batch, _, seq = shape.partition("x")
-    if padding not in PADDINGS or not batch.isdigit() or not seq.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected PADDING:BATCHxSEQ, PADDING one of {PADDINGS}")
-    return padding, int(batch), int(seq)
-
-
-def make_batch(
-    config: BertConfig, batch_size: int, seq_len: int, padding: str, device: str
-) -> dict[str, torch.Tensor]:
-    """Two segments per row, round(15%) of each row's real positions labelled; with padding "half", real
-    lengths evenly spread from seq/8 to 7*seq/8."""
-    if padding == "half":
-        lengths = torch.linspace(seq_len / 8, 7 * seq_len / 8, batch_size).round().long()
-    else:
-        lengths = torch.full((batch_size,), seq_len)
-    attention_mask = (torch.arange(seq_len) < lengths[:, None]).long()
-    input_ids = torch.randint(5, config.vocab_size, (batch_size, seq_len)) * attention_mask
-    token_type_ids = ((torch.arange(seq_len) >= lengths[:, None] // 2) & attention_mask.bool()).long()
-    scores = torch.rand(batch_size, seq_len).masked_fill(attention_mask == 0, 2.0)  # padding sorts last
-    mlm_labels = torch.full((batch_size, seq_len), IGNORE_INDEX)
-    for row, length in enumerate(lengths.tolist()):
-        picked = scores[row].argsort()[: round(MASKED_FRACTION * length)]
-        mlm_labels[row, picked] = input_ids[row, picked]
-    batch = {
-        "input_ids": input_ids,
-        "token_type_ids": token_type_ids,
-        "attention_mask": attention_mask,
-        "mlm_labels": mlm_labels,
-        "next_sentence_label": torch.randint(0, 2, (batch_size,)),
-    }
-    return {key: value.to(device) for key, value in batch.items()}
+LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
+ROWS = (
+    "(a) transformers, sdpa, padded, head on all",
+    "(b) ours padded, head on all",
+    "(c) ours unpadded, head on all",
+    "(d) ours unpadded, head on labelled",
+)
 
 
 def step_flops(config: BertConfig, batch: dict[str, torch.Tensor]) -> float:
@@ -93,107 +73,120 @@ def step_flops(config: BertConfig, batch: dict[str, torch.Tensor]) -> float:
     )
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure_matmul_peak(device: str, dtype: torch.dtype) -> float:
     """FLOP/s of the best of several large square matmuls in `dtype`."""
     size = 8192 if device == "cuda" else 2048
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
+    repeats = 10 if device == "cuda" else 1
     times = []
     for _ in range(6):
         synchronize(device)
         start = time.perf_counter()
-        for _ in range(10 if device == "cuda" else 1):
+        for _ in range(repeats):
             a @ b
         synchronize(device)
-        times.append((time.perf_counter() - start) / (10 if device == "cuda" else 1))
+        times.append((time.perf_counter() - start) / repeats)
     return 2 * size**3 / min(times[1:])
 
 
-def make_step(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], ours: bool, device: str, dtype: str
-) -> Callable[[], None]:
-    """A closure doing one training step; every model uses the same AdamW (fused where the device has it)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    if ours:
-        inputs = batch
-    else:
-        inputs = {k: v for k, v in batch.items() if k != "mlm_labels"}
-        inputs["labels"] = batch["mlm_labels"]
-
-    def step() -> None:
-        bf16 = torch.autocast(device_type=device, dtype=torch.bfloat16)
-        with bf16 if dtype == "bf16" else contextlib.nullcontext():
-            loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+def loss_with_head_on_every_position(
+    model: BertForPreTraining, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Our encoder (padded or unpadded as its config says) with the MLM head on every position it computed,
+    as transformers runs it: the mean cross-entropy over the labelled ones, plus NSP."""
+    hidden_states, layout = model.bert.encode(
+        batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+    )  # (B, S, H) or (T, H)
+    labels = batch["mlm_labels"].reshape(-1) if layout is None else layout.unpad(batch["mlm_labels"])
+    logits = model.mlm_logits(hidden_states.reshape(-1, hidden_states.shape[-1]))  # (B*S or T, V)
+    mlm_loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    nsp_logits = model.nsp_head(model.bert.pool(hidden_states, layout))  # (B, 2)
+    return mlm_loss + F.cross_entropy(nsp_logits, batch["next_sentence_label"])
 
 
-def timed(step: Callable[[], None], device: str) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def build_models(config: BertConfig, padding: str, args: argparse.Namespace) -> dict[str, torch.nn.Module]:
-    """Ours (and ours padded, on a padded workload) and transformers', with the same initial weights."""
+def build_rows(
+    config: BertConfig, batch: dict[str, torch.Tensor], args: argparse.Namespace
+) -> dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor]]]:
+    """Each row's model and its loss on `batch`, all from the same initial weights."""
     torch.manual_seed(0)
-    models = {"ours": BertForPreTraining(config)}
-    if padding != "full":
-        models["ours padded"] = BertForPreTraining(dataclasses.replace(config, unpad=False))
-        models["ours padded"].load_state_dict(models["ours"].state_dict())
-    hf_config = transformers.BertConfig(**config.to_hf_dict(), attn_implementation="sdpa")
-    models["transformers"] = transformers.BertForPreTraining(hf_config)
-    for name, model in models.items():
-        model.to(args.device).train()
-        if args.compile and name == "transformers":  # the same regional compilation: each encoder layer
+    ours = BertForPreTraining(config)
+    padded = BertForPreTraining(dataclasses.replace(config, unpad=False))
+    padded.load_state_dict(ours.state_dict())
+    unpadded = BertForPreTraining(config)
+    unpadded.load_state_dict(ours.state_dict())
+    with tempfile.TemporaryDirectory() as folder:
+        ours.save_hf(folder)
+        peer = transformers.BertForPreTraining.from_pretrained(folder, attn_implementation="sdpa")
+    peer_inputs = {k: v for k, v in batch.items() if k != "mlm_labels"} | {"labels": batch["mlm_labels"]}
+    rows = {
+        ROWS[0]: (peer, lambda: peer(**peer_inputs).loss),
+        ROWS[1]: (padded, lambda: loss_with_head_on_every_position(padded, batch)),
+        ROWS[2]: (unpadded, lambda: loss_with_head_on_every_position(unpadded, batch)),
+        ROWS[3]: (ours, lambda: ours(**batch).loss),
+    }
+    for name, (model, _) in rows.items():
+        model.to(args.device)
+        if args.compile and name == ROWS[0]:  # the same regional compilation: each encoder layer
             for layer in model.bert.encoder.layer:
                 layer.compile()
         elif args.compile:
             compile_model(model)
-    return models
+    return rows
+
+
+def check_losses_agree(
+    rows: dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor]]], dtype: str
+) -> float:
+    """Every row's loss on the batch with dropout off; raises unless all agree with the first (the peer's)."""
+    losses = {}
+    for name, (model, loss_of) in rows.items():
+        model.eval()
+        with torch.no_grad(), autocast(next(model.parameters()).device.type, dtype):
+            losses[name] = float(loss_of())
+        model.train()
+    reference = losses[ROWS[0]]
+    for name, loss in losses.items():
+        if abs(loss - reference) > LOSS_RTOL[dtype] * abs(reference):
+            raise SystemExit(f"losses disagree: {name} {loss:.6f}, {ROWS[0]} {reference:.6f}")
+    return reference
 
 
 def compare(preset: str, workload: tuple[str, int, int], args: argparse.Namespace, peak: float) -> None:
     padding, batch_size, seq_len = workload
     config = BertConfig.from_preset(preset, vocab_size=args.vocab_size)
-    batch = make_batch(config, batch_size, seq_len, padding, args.device)
-    models = build_models(config, padding, args)
+    batch = make_batch(config.vocab_size, batch_size, seq_len, padding, args.device)
+    rows = build_rows(config, batch, args)
+    loss = check_losses_agree(rows, args.dtype)
     steps = {
-        name: make_step(model, batch, name != "transformers", args.device, args.dtype)
-        for name, model in models.items()
+        name: make_step(model.parameters(), loss_of, args.device, args.dtype)
+        for name, (model, loss_of) in rows.items()
     }
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():  # warm-up: allocator, kernels, optimizer state, compilation
-        timed(step, args.device)
-    for _ in range(args.steps):
-        for name, step in steps.items():
-            times[name].append(timed(step, args.device))
+    seconds = time_rounds(steps, args.rounds, args.steps, args.device)
 
     real_tokens = int(batch["attention_mask"].sum())
     flops = step_flops(config, batch)
-    median = {name: statistics.median(values) for name, values in times.items()}
-    figures = ", ".join(
-        f"{name} {real_tokens / seconds:,.0f} tok/s (MFU {flops / seconds / peak:.1%})"
-        for name, seconds in median.items()
-    )
-    ratios = [f"ours/transformers {median['transformers'] / median['ours']:.2f}x"]
-    if "ours padded" in median:
-        ratios.append(f"ours/ours padded {median['ours padded'] / median['ours']:.2f}x")
     print(
-        f"{preset} {padding} {batch_size}x{seq_len} ({1 - real_tokens / (batch_size * seq_len):.0%} padding) "
-        f"{args.dtype}{' compiled' if args.compile else ''}: {figures} | {', '.join(ratios)}",
+        f"\n{preset} {padding} {batch_size}x{seq_len} "
+        f"({1 - real_tokens / (batch_size * seq_len):.0%} padding) {args.dtype}"
+        f"{' compiled' if args.compile else ''}; loss {loss:.4f} agrees on every row; "
+        f"real tokens/s, median of {args.rounds} rounds (min-max):",
         flush=True,
     )
+    previous = None
+    for name, times in seconds.items():
+        rates = [real_tokens / t for t in times]
+        mfu = flops / statistics.median(times) / peak
+        line = f"  {name:<44} {median_and_spread(rates):>26} tok/s  MFU {mfu:6.1%}"
+        if previous is not None:
+            ratios = [before / now for before, now in zip(seconds[previous], times, strict=True)]
+            line += (
+                f"  x{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) of the row above"
+            )
+        print(line, flush=True)
+        previous = name
+    ratios = [peer / ours for peer, ours in zip(seconds[ROWS[0]], seconds[ROWS[3]], strict=True)]
+    print(f"  (d)/(a): x{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})", flush=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -206,7 +199,8 @@ def parse_args() -> argparse.Namespace:
         default=[("full", 32, 128), ("half", 8, 512)],
         help="PADDING:BATCHxSEQ, PADDING full (no padding) or half (lengths seq/8..7seq/8)",
     )
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per model (after one warm-up step)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, the rows' order reversed every other")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per row and round (median kept)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="bf16 runs all under autocast")
     parser.add_argument("--vocab-size", type=int, default=30522)
@@ -216,6 +210,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    transformers.logging.disable_progress_bar()
     measured = measure_matmul_peak(args.device, DTYPES[args.dtype])
     peak, source = measured, f"measured {args.dtype} matmul peak"
     if args.device == "cuda":

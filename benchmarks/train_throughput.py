@@ -4,13 +4,19 @@ The bare loop is the model, AdamW and the same masked batches (collated in advan
 process with one torch thread. The Ray Train runs are `orchestrator.train.driver.train` on a local Ray, one
 torch thread per worker, the same global batch, reading the same prepared data through Ray Data.
 
-Tokens are non-padding tokens. For the runs, tokens/s is the steady state the workers report (every logging
-window after the first, which holds the start-up); the whole `fit` wall time, start-up included, is printed
-beside it. Targets: 1 worker >= 0.95x the bare loop; 2 workers >= 0.95x the same two workers as plain DDP
+Every figure is the same metric: real (non-padding) tokens of the steps after the first `--log-every` (the
+warm-up, left out on every side) over the wall time of those steps. For the runs, the tokens and the elapsed
+time of each logging window after the first (the worker's `perf/tokens_per_s` times its window's time), so
+data waits inside the run count; for the bare loops, each step's time from its forward to its optimizer step.
+The whole `fit` wall time of the runs, start-up included, is printed beside them. All five are measured in
+each of `--rounds` rounds, in the opposite order every other round; printed: the median over the rounds
+(min-max), and the ratios of each round, median (min-max). Targets: 1 worker >= 0.95x the bare loop; 2
+workers >= 0.95x the same two workers as plain DDP
 processes (gloo, no Ray), which with two bare loops at once on half batches (no communication: what the
 cores allow) bounds the 2-worker figure on this machine.
 
     .venv/bin/python benchmarks/train_throughput.py [--preset mini] [--seq 128] [--batch 32] [--steps 24]
+        [--rounds 3]
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class MetricsFile(ray.train.UserCallback):
             file.write(json.dumps(metrics[0]) + "\n")
 
 
-def job_config(root: Path, args: argparse.Namespace, num_workers: int) -> dict:
+def job_config(root: Path, args: argparse.Namespace, num_workers: int, run: int = 0) -> dict:
+    """Run `run` of this many workers: each its own run folder (a new run, not a resume)."""
     return {
         "model": {"preset": args.preset},
         "data": {
@@ -76,7 +83,7 @@ def job_config(root: Path, args: argparse.Namespace, num_workers: int) -> dict:
         },
         "checkpoint": {
             "storage_path": str(root / "runs"),
-            "run_name": f"bench-{num_workers}",
+            "run_name": f"bench-{num_workers}-{run}",
             "every": 10**9,
         },
         "mlflow": {"enabled": False},
@@ -150,18 +157,27 @@ def _free_port() -> int:
 
 
 def ray_run_tokens_per_s(
-    root: Path, args: argparse.Namespace, num_workers: int
-) -> tuple[float, float, float]:
-    """(steady tokens/s, whole-run tokens/s, fit wall seconds) of a Ray Train run."""
-    metrics_path = root / f"metrics-{num_workers}.jsonl"
-    job = with_absolute_paths(config_from_dict(job_config(root, args, num_workers)))
+    root: Path, args: argparse.Namespace, num_workers: int, run: int
+) -> tuple[float, float]:
+    """(tokens/s of the steps after the first window, fit wall seconds) of a Ray Train run."""
+    metrics_path = root / f"metrics-{num_workers}-{run}.jsonl"
+    job = with_absolute_paths(config_from_dict(job_config(root, args, num_workers, run)))
     started = time.perf_counter()
     train(job, callbacks=[MetricsFile(str(metrics_path))])
     wall = time.perf_counter() - started
-    windows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    steady = statistics.mean(w["perf/tokens_per_s"] for w in windows[1:])
-    total_tokens = sum(w["perf/tokens_per_s"] * w["perf/step_time_s"] * args.log_every for w in windows)
-    return steady, total_tokens / wall, wall
+    windows = [json.loads(line) for line in metrics_path.read_text().splitlines()][1:]  # the first: warm-up
+    seconds = [w["perf/step_time_s"] * args.log_every for w in windows]  # each window's elapsed time
+    tokens = [w["perf/tokens_per_s"] * elapsed for w, elapsed in zip(windows, seconds, strict=True)]
+    return sum(tokens) / sum(seconds), wall
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    """'median (min-max)'."""
+    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+
+def ratios(numerators: list[float], denominators: list[float]) -> str:
+    return spread([n / d for n, d in zip(numerators, denominators, strict=True)], digits=2) + "x"
 
 
 def main() -> None:
@@ -172,46 +188,53 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32, help="global batch (sequences per step)")
     parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--log-every", type=int, default=4)
+    parser.add_argument("--log-every", type=int, default=4, help="also the warm-up steps left out")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.steps % args.log_every or args.steps <= args.log_every:
+        parser.error("--steps must be a multiple of --log-every, and more than one window")
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    figures: dict[str, list[float]] = {}
+    walls: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         manifest = ensure_prepared_data(with_absolute_paths(config_from_dict(job_config(root, args, 1))))
         batches = collect_batches(root, args)
         vocab, skip = manifest.vocab_size, args.log_every
-        bare = bare_loop_tokens_per_s(args.preset, vocab, batches, skip)
-        ceiling = two_loops_tokens_per_s(args.preset, vocab, batches, skip, ddp=False)
-        plain_ddp = two_loops_tokens_per_s(args.preset, vocab, batches, skip, ddp=True)
-        one, one_whole, one_wall = ray_run_tokens_per_s(root, args, 1)
-        two, two_whole, two_wall = ray_run_tokens_per_s(root, args, 2)
+
+        def ray_run(workers: int, run: int) -> float:
+            tokens_per_s, wall = ray_run_tokens_per_s(root, args, workers, run)
+            walls[workers].append(wall)
+            return tokens_per_s
+
+        contenders = {
+            "bare": lambda run: bare_loop_tokens_per_s(args.preset, vocab, batches, skip),
+            "ceiling": lambda run: two_loops_tokens_per_s(args.preset, vocab, batches, skip, ddp=False),
+            "plain_ddp": lambda run: two_loops_tokens_per_s(args.preset, vocab, batches, skip, ddp=True),
+            "one": lambda run: ray_run(1, run),
+            "two": lambda run: ray_run(2, run),
+        }
+        for run in range(args.rounds):
+            order = list(contenders) if run % 2 == 0 else list(reversed(contenders))
+            for name in order:
+                figures.setdefault(name, []).append(contenders[name](run))
     ray.shutdown()
 
+    bare, ceiling, plain_ddp, one, two = (figures[name] for name in contenders)
     print(
-        f"\n{args.preset}, seq {args.seq}, global batch {args.batch}, {args.steps} steps, CPU, "
-        "1 thread per worker"
+        f"\n{args.preset}, seq {args.seq}, global batch {args.batch}, {args.steps} steps "
+        f"({skip} warm-up left out), CPU, 1 thread per worker; "
+        f"real tokens/s, median of {args.rounds} rounds (min-max)"
     )
-    print(f"bare loop (1 process, 1 thread)   {bare:10.0f} tokens/s")
-    print(
-        f"2 bare loops at once (no comms)   {ceiling:10.0f} tokens/s = {ceiling / bare:.2f}x the bare loop, "
-        "the most 2 workers can reach here"
-    )
-    print(
-        f"2 plain DDP, gloo (no Ray)        {plain_ddp:10.0f} tokens/s = {plain_ddp / bare:.2f}x the bare,"
-        " 2 workers without Ray"
-    )
-    print(
-        f"Ray Train, 1 worker               {one:10.0f} tokens/s steady   ({one_whole:.0f} over the whole "
-        f"{one_wall:.0f} s fit)"
-    )
-    print(
-        f"Ray Train, 2 workers              {two:10.0f} tokens/s steady   ({two_whole:.0f} over the whole "
-        f"{two_wall:.0f} s fit)"
-    )
-    print(f"1 worker / bare loop        {one / bare:5.2f}x   (target >= 0.95)")
-    print(f"2 workers / 2 plain DDP     {two / plain_ddp:5.2f}x   (target >= 0.95)")
-    print(f"2 workers / 1 worker        {two / one:5.2f}x   (the ceiling here {ceiling / bare:.2f}x)")
+    print(f"bare loop (1 process, 1 thread)   {spread(bare):>26}")
+    print(f"2 bare loops at once (no comms)   {spread(ceiling):>26}  the most 2 workers can reach here")
+    print(f"2 plain DDP, gloo (no Ray)        {spread(plain_ddp):>26}  2 workers without Ray")
+    print(f"Ray Train, 1 worker               {spread(one):>26}  (whole fit {spread(walls[1], 1)} s)")
+    print(f"Ray Train, 2 workers              {spread(two):>26}  (whole fit {spread(walls[2], 1)} s)")
+    print(f"1 worker / bare loop        {ratios(one, bare)}   (target >= 0.95)")
+    print(f"2 workers / 2 plain DDP     {ratios(two, plain_ddp)}   (target >= 0.95)")
+    print(f"2 workers / 1 worker        {ratios(two, one)}   (the ceiling here {ratios(ceiling, bare)})")
 
 
 if __name__ == "__main__":

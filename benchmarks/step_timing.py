@@ -1,0 +1,73 @@
+"""Timing of training steps for the model benchmarks: rounds in alternating order, medians and spread.
+
+A round runs every contender's `steps_per_round` steps back to back and keeps the median step time; the order
+of the contenders is reversed every other round, so none always runs first (on a warm cache) or last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+
+Step = Callable[[], None]
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for "bf16", nothing for "fp32"."""
+    if dtype == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_step(
+    parameters: Iterable[torch.nn.Parameter], loss_of: Callable[[], torch.Tensor], device: str, dtype: str
+) -> Step:
+    """One training step: forward (`loss_of`), backward, AdamW (fused: the fastest torch has), zero_grad."""
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4, fused=True)
+
+    def step() -> None:
+        with autocast(device, dtype):
+            loss = loss_of()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step: Step, device: str) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_rounds(
+    steps: dict[str, Step], rounds: int, steps_per_round: int, device: str
+) -> dict[str, list[float]]:
+    """Per contender, the median step time (seconds) of each round, after one warm-up step each."""
+    for step in steps.values():  # warm-up: allocator, kernels, optimizer state, compilation
+        timed(step, device)
+    per_round: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(rounds):
+        order = list(steps) if round_index % 2 == 0 else list(reversed(steps))
+        for name in order:
+            per_round[name].append(
+                statistics.median(timed(steps[name], device) for _ in range(steps_per_round))
+            )
+    return per_round
+
+
+def median_and_spread(values: list[float]) -> str:
+    """'median (min-max)' with thousands separators."""
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
