@@ -18,7 +18,7 @@
    alternating rounds, the median with the spread.
 
 Usage: .venv/bin/python benchmarks/data_pipeline.py [--sizes 12 94] [--rounds 3] [--lock /tmp/machine.lock]
-With --lock, each measured command holds that file's exclusive lock (flock) while it runs, and no longer.
+With --lock, each round (one command of each side) holds that file's exclusive lock (flock), and no longer.
 """
 
 from __future__ import annotations
@@ -131,22 +131,19 @@ def exclusive(lock: str | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def run_command(command: list[str], lock: str | None) -> tuple[float, float, str]:
+def run_command(command: list[str]) -> tuple[float, float, str]:
     """(seconds from launch to exit, peak GB resident in the whole process tree, stdout) of `command`.
     The tree's resident memory is summed every RSS_INTERVAL_S (shared pages count in each process, alike on
     both sides)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with exclusive(lock):
-        began = time.perf_counter()
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-        )
-        root, peak = psutil.Process(process.pid), 0
-        while process.poll() is None:
-            peak = max(peak, _tree_rss(root))
-            time.sleep(RSS_INTERVAL_S)
-        stdout = process.stdout.read()
-        seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    root, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        peak = max(peak, _tree_rss(root))
+        time.sleep(RSS_INTERVAL_S)
+    stdout = process.stdout.read()
+    seconds = time.perf_counter() - began
     if process.returncode:
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}:\n{stdout[-2000:]}")
     return seconds, peak / 2**30, stdout
@@ -161,7 +158,7 @@ def _tree_rss(root: psutil.Process) -> int:
     return total
 
 
-def ours(corpus: Path, tokenizer_dir: str, out: Path, objective: str, lock: str | None) -> dict:
+def ours(corpus: Path, tokenizer_dir: str, out: Path, objective: str) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -180,7 +177,7 @@ def ours(corpus: Path, tokenizer_dir: str, out: Path, objective: str, lock: str 
         "--objective",
         objective,
     ]
-    seconds, rss_gb, _ = run_command(command, lock)
+    seconds, rss_gb, _ = run_command(command)
     manifest = json.loads((out / "manifest.json").read_text())
     examples = sum(manifest["counts"]["examples"].values())
     return {
@@ -191,7 +188,7 @@ def ours(corpus: Path, tokenizer_dir: str, out: Path, objective: str, lock: str 
     }
 
 
-def peer(corpus: Path, tokenizer_dir: str, out: Path, lock: str | None) -> dict:
+def peer(corpus: Path, tokenizer_dir: str, out: Path) -> dict:
     command = [
         sys.executable,
         "-c",
@@ -203,7 +200,7 @@ def peer(corpus: Path, tokenizer_dir: str, out: Path, lock: str | None) -> dict:
         str(os.cpu_count()),
         str(SEQUENCE),
     ]
-    seconds, rss_gb, stdout = run_command(command, lock)
+    seconds, rss_gb, stdout = run_command(command)
     result = json.loads(stdout.split("RESULT", 1)[1])
     return {
         "whole_s": seconds,
@@ -217,9 +214,9 @@ def prepare_table(
     corpora: dict[int, Path], tokenizer_dir: str, rounds: int, work: Path, lock: str | None
 ) -> None:
     sides: dict[str, Callable[[Path, Path], dict]] = {
-        "HF datasets": lambda corpus, out: peer(corpus, tokenizer_dir, out, lock),
-        "ours mlm+nsp": lambda corpus, out: ours(corpus, tokenizer_dir, out, "mlm+nsp", lock),
-        "ours mlm": lambda corpus, out: ours(corpus, tokenizer_dir, out, "mlm", lock),
+        "HF datasets": lambda corpus, out: peer(corpus, tokenizer_dir, out),
+        "ours mlm+nsp": lambda corpus, out: ours(corpus, tokenizer_dir, out, "mlm+nsp"),
+        "ours mlm": lambda corpus, out: ours(corpus, tokenizer_dir, out, "mlm"),
     }
     print(
         f"prepare, {os.cpu_count()} CPUs (the peer's num_proc, our Ray's CPUs), seq {SEQUENCE}; "
@@ -235,10 +232,11 @@ def prepare_table(
         runs: dict[str, list[dict]] = {name: [] for name in sides}
         for round_ in range(rounds):
             order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
-            for name in order:
-                out = Path(tempfile.mkdtemp(dir=work))
-                runs[name].append(sides[name](corpus, out / "prepared"))
-                shutil.rmtree(out)
+            with exclusive(lock):
+                for name in order:
+                    out = Path(tempfile.mkdtemp(dir=work))
+                    runs[name].append(sides[name](corpus, out / "prepared"))
+                    shutil.rmtree(out)
         peer_median = {
             key: statistics.median(r[key] for r in runs["HF datasets"]) for key in ("whole_s", "steady_s")
         }
