@@ -211,13 +211,20 @@ def peer(corpus: Path, tokenizer_dir: str, out: Path) -> dict:
 
 
 def prepare_table(
-    corpora: dict[int, Path], tokenizer_dir: str, rounds: int, work: Path, lock: str | None
+    corpora: dict[int, Path],
+    tokenizer_dir: str,
+    objectives: list[str],
+    rounds: int,
+    work: Path,
+    lock: str | None,
 ) -> None:
     sides: dict[str, Callable[[Path, Path], dict]] = {
-        "HF datasets": lambda corpus, out: peer(corpus, tokenizer_dir, out),
-        "ours mlm+nsp": lambda corpus, out: ours(corpus, tokenizer_dir, out, "mlm+nsp"),
-        "ours mlm": lambda corpus, out: ours(corpus, tokenizer_dir, out, "mlm"),
+        "HF datasets": lambda corpus, out: peer(corpus, tokenizer_dir, out)
     }
+    for objective in objectives:
+        sides[f"ours {objective}"] = lambda corpus, out, objective=objective: ours(
+            corpus, tokenizer_dir, out, objective
+        )
     print(
         f"prepare, {os.cpu_count()} CPUs (the peer's num_proc, our Ray's CPUs), seq {SEQUENCE}; "
         f"median (min-max) of {rounds} rounds, the order alternating\n"
@@ -334,6 +341,12 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[12, 94], help="corpus sizes in MB")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        default=["mlm+nsp", "mlm"],
+        help="our objectives to run (the peer's is mlm)",
+    )
     parser.add_argument("--work", default=None, help="a folder to keep the corpora in between runs")
     parser.add_argument(
         "--lock", default=None, help="a file to hold exclusively (flock) during each measurement"
@@ -353,7 +366,7 @@ def main() -> None:
 
         train_tokenizer([str(corpora[args.sizes[0]])], tokenizer_dir, TokenizerConfig())
     if not args.skip_prepare:
-        prepare_table(corpora, tokenizer_dir, args.rounds, work, args.lock)
+        prepare_table(corpora, tokenizer_dir, args.objectives, args.rounds, work, args.lock)
     if not args.skip_masking:
         with exclusive(args.lock):
             masking_comparison(
