@@ -242,8 +242,15 @@ def prepare_table(
             with exclusive(lock):
                 for name in order:
                     out = Path(tempfile.mkdtemp(dir=work))
-                    runs[name].append(sides[name](corpus, out / "prepared"))
+                    result = sides[name](corpus, out / "prepared")
+                    runs[name].append(result)
                     shutil.rmtree(out)
+                    print(
+                        f"  round {round_ + 1}, {name}: whole {result['whole_s']:.2f} s, steady "
+                        f"{result['steady_s']:.2f} s, peak RSS {result['rss_gb']:.2f} GB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         peer_median = {
             key: statistics.median(r[key] for r in runs["HF datasets"]) for key in ("whole_s", "steady_s")
         }
