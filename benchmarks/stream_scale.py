@@ -11,10 +11,13 @@
 Consumers are actors spread over the nodes. Each reads `--steps` global batches of `--batch` examples (its
 share of each), timing every wait for a batch. Printed per case: examples/s per consumer (median over the
 consumers), examples/s in total (all rows over the wall time of the slowest consumer), and the waits for a
-batch (median, p95, the longest: the first batch included). All nodes share this machine's cores: the totals
-are bounded by them, and the ratios and the waits are the figures to read.
+batch (median, p95, the longest: the first batch included). Each case is timed alike, from the prepared
+directory (ours reads its `load_split` inside the timer, as Ray's side builds its dataset there) to the last
+batch; `--rounds` rounds alternate which side goes first, and the medians are printed with the totals'
+spread (min-max). All nodes share this machine's cores: the totals are bounded by them, and the ratios and
+the waits are the figures to read.
 
-    .venv/bin/python benchmarks/stream_scale.py [--documents 12000] [--batch 256] [--steps 100]
+    .venv/bin/python benchmarks/stream_scale.py [--documents 12000] [--batch 256] [--steps 100] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -79,11 +82,13 @@ class Consumer:
         return {"rows": steps * share, "seconds": time.perf_counter() - began, "waits": waits}
 
 
-def run_case(kind: str, consumers: int, prepared: str, split, order, steps: int) -> dict:
+def run_case(kind: str, consumers: int, prepared: str, order, steps: int) -> dict:
+    """One case, timed from the prepared directory (read by each side inside the timer) to the last batch."""
     actors = [Consumer.options(scheduling_strategy="SPREAD").remote() for _ in range(consumers)]
     ray.get([actor.__ray_ready__.remote() for actor in actors])
     began = time.perf_counter()
     if kind == "ours":
+        split = load_split(prepared)
         calls = [a.ours.remote(split, order, rank, consumers, steps) for rank, a in enumerate(actors)]
     else:
         shards = build_train_dataset(prepared, seed=order.seed).streaming_split(consumers, equal=True)
@@ -136,11 +141,14 @@ def rows_read_per_row(split, order, consumers: int, steps: int) -> float:
     return read / (steps * order.global_batch_size)
 
 
-def print_case(consumers: int, name: str, case: dict) -> None:
-    median, p95, longest = case["wait_ms"]
+def print_case(consumers: int, name: str, cases: list[dict]) -> None:
+    """Medians over the rounds, with the spread (min-max) of the totals."""
+    totals = [case["total"] for case in cases]
+    median, p95, longest = (statistics.median(case["wait_ms"][i] for case in cases) for i in range(3))
+    spread = f"{statistics.median(totals):,.0f} ({min(totals):,.0f}-{max(totals):,.0f})"
     print(
-        f"{consumers:>9}  {name:<19} {case['per_consumer']:>15,.0f} {case['total']:>9,.0f}  "
-        f"{median:>21.1f} / {p95:.1f} / {longest:.0f}"
+        f"{consumers:>9}  {name:<19} {statistics.median(c['per_consumer'] for c in cases):>15,.0f} "
+        f"{spread:>23}  {median:>21.1f} / {p95:.1f} / {longest:.0f}"
     )
 
 
@@ -151,6 +159,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=12000, help="documents in the generated corpus")
     parser.add_argument("--batch", type=int, default=256, help="global batch (examples per step)")
     parser.add_argument("--steps", type=int, default=100, help="global batches each case reads")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each case, the order alternating")
     args = parser.parse_args()
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -173,16 +182,21 @@ def main() -> None:
                 f"machine's {os.cpu_count()} cores\n"
             )
             print(
-                f"{'consumers':>9}  {'stream':<19} {'examples/s each':>15} {'in total':>9}  "
+                f"{'consumers':>9}  {'stream':<19} {'examples/s each':>15} {'in total (min-max)':>23}  "
                 f"{'wait for a batch, ms: median / p95 / max':>40}"
             )
             for consumers in CONSUMERS:
-                rays = run_case("rays", consumers, prepared, split, order, steps)
-                ours = run_case("ours", consumers, prepared, split, order, steps)
-                print_case(consumers, "Ray streaming_split", rays)
-                print_case(consumers, "ours, per rank", ours)
+                cases: dict[str, list[dict]] = {"rays": [], "ours": []}
+                for round_ in range(args.rounds):
+                    for kind in ("rays", "ours") if round_ % 2 == 0 else ("ours", "rays"):
+                        cases[kind].append(run_case(kind, consumers, prepared, order, steps))
+                print_case(consumers, "Ray streaming_split", cases["rays"])
+                print_case(consumers, "ours, per rank", cases["ours"])
+                ratio = statistics.median(c["total"] for c in cases["ours"]) / statistics.median(
+                    c["total"] for c in cases["rays"]
+                )
                 print(
-                    f"{'':>9}  ours / Ray's: {ours['total'] / rays['total']:.2f}x in total; ours read "
+                    f"{'':>9}  ours / Ray's: {ratio:.2f}x in total (medians); ours read "
                     f"{rows_read_per_row(split, order, consumers, steps):.2f} rows per row delivered"
                 )
     finally:

@@ -36,7 +36,7 @@ class Manifest:
     corpus: list[str] = field(default_factory=list)
     """The corpus paths as given (credentials in a URI redacted)."""
     elapsed_seconds: float = 0.0
-    """Wall time of `prepare`."""
+    """Wall time of `prepare`, less the start of a local Ray (its build, as the summary's MB/s reports it)."""
     format_version: int = FORMAT_VERSION
     """Layout version of the prepared directory."""
 

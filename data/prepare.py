@@ -74,7 +74,9 @@ def prepare(
         cls_id=special_ids["cls"],
         sep_id=special_ids["sep"],
     )
+    ray_started = time.perf_counter()
     ensure_ray()
+    started += time.perf_counter() - ray_started  # the elapsed time is the build's, not Ray's start-up
     base = out_dir if storage.is_uri(out_dir) else os.path.abspath(out_dir)
     staging = f"{base.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
     tasks = _Tasks()
