@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import ray._private.utils
 from ray._private import ray_constants, services
 from ray._private.authentication import authentication_token_setup
-from ray.data._internal.logging import SessionFileHandler
 from ray.train.v2._internal.constants import (
     ENABLE_PREEMPTION_WATCHER_ENV_VAR,
     HEALTH_CHECK_INTERVAL_S_ENV_VAR,
@@ -45,6 +44,8 @@ __all__ = [
 def quiet_ray_console() -> None:
     """Ray Train logs every report of every rank at INFO, a long line each (our progress line says it once),
     and Ray Data notes each stream it starts and ends: keep those in Ray's log files, off the console."""
+    from ray.data._internal.logging import SessionFileHandler  # ray.data only where a stream runs
+
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, SessionFileHandler):

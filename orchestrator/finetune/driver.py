@@ -44,9 +44,9 @@ from orchestrator.finetune.tracking import FinetuneTracker
 from orchestrator.finetune.worker import finetune_worker
 from orchestrator.inference.loading import load_model
 from orchestrator.run import BatchPlan, RunPlan, plan_batches
-from orchestrator.train.driver import build_trainer, fit
 from orchestrator.train.failures import StopOnUserError, user_error_in
 from orchestrator.train.resources import check_resources
+from orchestrator.train.trainer import build_trainer, fit
 
 
 @dataclass

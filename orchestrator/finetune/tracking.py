@@ -32,7 +32,6 @@ from orchestrator.tracking.client import (
     run_link,
     store_error,
 )
-from orchestrator.tracking.metrics import MetricsCallback
 from orchestrator.tracking.names import mark_model_training, mlflow_metric_key
 from orchestrator.tracking.tags import git_commit
 
@@ -104,6 +103,8 @@ class FinetuneTracker:
         child = self._client.create_run(
             self.experiment_id, run_name=f"seed {seed}", tags={PARENT_TAG: self.run_id, "seed": str(seed)}
         )
+        from orchestrator.tracking.metrics import MetricsCallback  # imports mlflow: only when tracking
+
         mlflow_run = MlflowRun(self.tracking_uri, child.info.run_id, self.experiment_id)
         return child.info.run_id, MetricsCallback(mlflow_run, run_dir, self.config)
 

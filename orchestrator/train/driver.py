@@ -13,21 +13,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import ray.train
-from ray.train.torch import TorchTrainer
 
 import data
 from common import local_ray, storage
 from common.console import say
 from common.errors import Interrupted, InvalidSetting, UserError
-from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR, HEALTH_CHECK_INTERVAL_S_ENV_VAR
+from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from common.redact import redact
 from data.manifest import MANIFEST_FILE
 from model import EncoderConfig
@@ -46,7 +43,6 @@ from orchestrator.run_dir import RunDir, RunLock
 from orchestrator.tracking.dataset import manifest_hash
 from orchestrator.tracking.metrics import CHECKPOINT_TAG
 from orchestrator.tracking.run import RunTracker
-from orchestrator.tracking.system_metrics import SystemMetricsTarget
 from orchestrator.tracking.tags import ray_job_tags
 from orchestrator.train.checkpoints import (
     ResumePoint,
@@ -64,8 +60,8 @@ from orchestrator.train.preflight import (
     ensure_prepared_data,
 )
 from orchestrator.train.probes import ProbeData, load_probes
-from orchestrator.train.resources import check_resources, ray_worker_count
-from orchestrator.train.worker import train_worker
+from orchestrator.train.resources import check_resources
+from orchestrator.train.trainer import build_trainer, fit
 
 
 @dataclass(frozen=True)
@@ -227,19 +223,6 @@ def _batch_settings(config: JobConfig) -> str:
     return shown
 
 
-def fit(trainer: TorchTrainer, run_dir: RunDir) -> ray.train.Result:
-    """`trainer.fit()` without Ray Train's own list of the run's checkpoints, which the run directory
-    replaces (see `orchestrator.run_dir`). Ray's Ctrl-C handler (a graceful abort of the fit) is removed
-    again afterwards."""
-    run_dir.forget_ray_checkpoint_list()
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        return trainer.fit()
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, handler)
-
-
 def print_batch_warmup(plan: RunPlan) -> None:
     schedule = plan.schedule
     if schedule is None or not schedule.grows:
@@ -269,51 +252,6 @@ def what_is_kept(run_dir: RunDir) -> str:
     if resume.path is None:
         return f"no checkpoint was written yet in {run_dir}; run the same command to start again"
     return f"the checkpoint of step {resume.step} is kept in {run_dir}; run the same command to resume"
-
-
-def build_trainer(
-    run: Run,
-    callbacks: Sequence[ray.train.UserCallback],
-    system_metrics: SystemMetricsTarget | None = None,
-    loop: Callable[[dict], None] = train_worker,
-) -> TorchTrainer:
-    """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the run's
-    splits and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build
-    the iterators in the controller before that, and Ray's default split passes every block through one
-    coordinator actor).
-
-    `system_metrics`: where each node's first worker sends its node's system metrics. `loop` is what every
-    rank runs with {"run": run, "system_metrics": ...}; fine-tuning passes its own worker and run, which has
-    the same `config` (scaling, checkpoint) and `dir`."""
-    scaling = run.config.scaling
-    # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
-    # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
-    # often, but keep a big run's controller under about 1,000 worker polls a second (a user's setting wins).
-    poll_s = max(0.1, scaling.num_workers / 1000)
-    os.environ.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, f"{poll_s:g}")
-    checkpoint = run.config.checkpoint
-    return TorchTrainer(
-        loop,
-        train_loop_config={"run": run, "system_metrics": system_metrics},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=ray_worker_count(scaling, ray.cluster_resources()),
-            use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
-            elastic_resize_monitor_interval_s=scaling.elastic_check_s,
-        ),
-        run_config=ray.train.RunConfig(
-            name=run.dir.name,  # Ray Train writes its checkpoints into the run directory
-            storage_path=run.dir.storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoint.keep),
-            failure_config=ray.train.FailureConfig(max_failures=checkpoint.max_failures),
-            callbacks=list(callbacks),
-            # Ray Train's own lines (the worker group starting, each checkpoint saved, and after a worker
-            # failure some 40 lines of tracebacks) stay in its log files under the Ray session's logs/train/.
-            # The console gets ours: one line per restart (StopOnUserError), and a failure that ends the run
-            # is raised here with its cause.
-            logging_config=ray.train.LoggingConfig(log_level="CRITICAL"),
-        ),
-    )
 
 
 def _run_tags(job: JobConfig, manifest: data.Manifest, donor: Donor | None) -> dict[str, str]:
