@@ -70,8 +70,10 @@ def main() -> None:
     for parameter in model.parameters():
         parameter.grad = torch.randn_like(parameter)
     count = sum(p.numel() for p in model.parameters())
-    print(f"StableAdamW step, {args.preset} ({count / 1e6:.1f}M parameters, {len(list(model.parameters()))} "
-          f"tensors), {device}, {args.threads} thread(s), median of {args.steps} steps per round")
+    print(
+        f"StableAdamW step, {args.preset} ({count / 1e6:.1f}M parameters, {len(list(model.parameters()))} "
+        f"tensors), {device}, {args.threads} thread(s), median of {args.steps} steps per round"
+    )
     for round_index in range(args.rounds):
         steps = optimizers(model, lr=1e-4, weight_decay=0.01)
         for step in steps.values():

@@ -76,9 +76,7 @@ class FinetuneResult:
         return out
 
 
-def finetune(
-    settings: FinetuneSettings, callbacks: Sequence[ray.train.UserCallback] = ()
-) -> FinetuneResult:
+def finetune(settings: FinetuneSettings, callbacks: Sequence[ray.train.UserCallback] = ()) -> FinetuneResult:
     """Fine-tune `settings.model` (see the module docstring); a UserError for bad input, before any
     worker starts. `callbacks` join every seed's fit (Ray Train callbacks)."""
     settings.validate()

@@ -326,8 +326,9 @@ def init_optimizer_state_from(optimizer: torch.optim.Optimizer, source: str | Pa
     """Take the optimizer state (moments and step counts) of the training checkpoint `source` into
     `optimizer`, which keeps its own hyperparameters (lr, betas, eps, weight decay): the next phase of the
     same training (the driver checked that the checkpoint's optimizer and model are the run's)."""
-    with storage.local_input(storage.join(source, OPTIMIZER_FILE)) as local, _naming_damaged_file(
-        Path(local).parent, OPTIMIZER_FILE
+    with (
+        storage.local_input(storage.join(source, OPTIMIZER_FILE)) as local,
+        _naming_damaged_file(Path(local).parent, OPTIMIZER_FILE),
     ):
         saved = torch.load(local, weights_only=True)
     ours = optimizer.state_dict()

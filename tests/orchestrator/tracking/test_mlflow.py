@@ -298,4 +298,3 @@ def test_disabled_tracking_does_nothing(tmp_path, monkeypatch):
     assert tracker.run_id == ""
     assert isinstance(callback, UserCallback) and not isinstance(callback, MetricsCallback)
     assert list(tmp_path.iterdir()) == []
-

@@ -131,4 +131,3 @@ def test_stableadamw_equals_the_papers_algorithm_in_float64_with_and_without_cli
     clipped, unclipped = sum(rms > 1.5 for rms in rms_seen), sum(rms < 1 for rms in rms_seen)
     assert clipped >= 10 and unclipped >= 60, (clipped, unclipped)  # both kinds of step happened
     assert optimizer.state[ours[2]]["step"] == 15 and optimizer.state[ours[0]]["step"] == 20
-

@@ -98,7 +98,10 @@ def test_a_growing_batch_splits_each_base_batch_over_the_workers_at_every_size()
     assert sorted(plans) == [8, 16, 24, 32]
     # Each rank gives half of every base batch; micro-steps grow with the batch, at most 8 examples each.
     assert [(p.per_worker_batch_size, p.accumulation_steps) for p in plans.values()] == [
-        (4, 1), (8, 1), (12, 2), (16, 2)
+        (4, 1),
+        (8, 1),
+        (12, 2),
+        (16, 2),
     ]
     for size, plan in plans.items():
         assert sum(sum(plan.micro_batch_sizes(rank)) for rank in range(2)) == size
