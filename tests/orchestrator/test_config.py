@@ -14,6 +14,7 @@ from orchestrator.config import (
     flag_overrides,
     load_config,
 )
+from orchestrator.run_dir import checkpoint_name
 
 RECIPES = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
@@ -50,7 +51,20 @@ def test_the_modernbert_recipes_follow_the_published_phases():
         assert (phase.data.prepare.objective, phase.masking.mlm_probability) == ("mlm", 0.3)
     assert (main.model.preset, main.model.global_rope_theta) == ("mini", 10_000.0)
     assert (main.train.batch_size_warmup.start, main.train.global_batch_size) == (32, 128)
-    assert decay.checkpoint.init_from == context.checkpoint.init_from == "runs/modernbert-main/final"
+    # Main and context hold their peak; the decay phase goes on from the main phase's last checkpoint, its
+    # weights and StableAdamW's moments, down to 0 in a 1-sqrt shape, on the main phase's examples.
+    for phase in (main, decay, context):
+        assert (phase.optim.name, phase.optim.schedule) == ("stableadamw", "wsd")
+    assert main.optim.decay_steps == context.optim.decay_steps == 0
+    decay_optim = decay.optim
+    assert (decay_optim.warmup_steps, decay_optim.decay_fraction, decay_optim.decay_shape) == (
+        0,
+        1.0,
+        "1-sqrt",
+    )
+    assert decay.checkpoint.init_from == f"runs/modernbert-main/{checkpoint_name(main.train.max_steps)}"
+    assert decay.checkpoint.init_optimizer_state and decay.data.prepared_dir == main.data.prepared_dir
+    assert context.checkpoint.init_from == "runs/modernbert-main/final"
     assert (context.model.global_rope_theta, context.model.max_position_embeddings) == (160_000.0, 512)
     assert context.data.prepare.max_seq_length > main.data.prepare.max_seq_length
 
