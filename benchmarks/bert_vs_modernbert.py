@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import re
 import subprocess
@@ -173,7 +174,7 @@ def parameters(final: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(final / "model.safetensors"), "pt") as tensors:
-        return sum(tensors.get_slice(name).get_shape().numel() for name in tensors.keys())  # noqa: SIM118
+        return sum(math.prod(tensors.get_slice(name).get_shape()) for name in tensors.keys())  # noqa: SIM118
 
 
 def main() -> None:
@@ -193,11 +194,9 @@ def main() -> None:
             run([*cli, "train", "--config", str(recipe(family, work, probe, args))])
             wall = time.perf_counter() - started
             final = work / "runs" / family / "final"
-            scores = json.loads(
-                run([*cli, "eval", str(final), "--data", str(work / "prepared"), "--seed", "0", "--json"])
-                .strip()
-                .splitlines()[-1]
-            )
+            evaluate = [*cli, "eval", str(final), "--data", str(work / "prepared"), "--seed", "0", "--json"]
+            printed = run(evaluate)
+            scores = json.loads(printed[printed.index("{") :])  # the JSON object ends the output
             results[family] = (scores, probe_accuracy(work, family), parameters(final), wall)
         tokens = args.steps * args.batch * SHARED["data"]["prepare"]["max_seq_length"]
         print(f"\n{args.steps} steps x {args.batch} rows x 128 tokens = {tokens:,} tokens each")

@@ -119,7 +119,7 @@ def cls_vectors(
             hidden, layout = encoder.encode(**inputs)
         cls = hidden[:, 0] if layout is None else layout.first_tokens(hidden)
         vectors.append(cls.float().cpu().numpy())
-    hidden_size = encoder.pooler.in_features
+    hidden_size = encoder.embeddings.word.embedding_dim
     mine = np.concatenate(vectors) if vectors else np.zeros((0, hidden_size), np.float32)
     if world_size() == 1:
         return mine

@@ -10,7 +10,7 @@ import torch
 from common.errors import UserError
 from data import TokenizerConfig, load_tokenizer, train_tokenizer
 from data.labelled import Fields, load_labelled_data
-from model import BertForPreTraining
+from model import BertForPreTraining, ModernBertConfig, ModernBertForPreTraining
 from orchestrator.config import config_from_dict
 from orchestrator.train.probes import fit_ridge, load_probes, probe_scores, with_bias
 from tests.orchestrator.conftest import save_random_model
@@ -92,3 +92,29 @@ def test_probe_scores_of_a_tiny_model(probe_set, tmp_path):
     assert encoder.training  # left as it was
     assert scores == probe_scores(encoder, data, batch_size=64, device=torch.device("cpu"))  # deterministic
     assert scores["accuracy"] >= 0.7  # the subject's words reach [CLS] even through random layers
+
+
+def test_a_modernbert_encoder_is_probed_as_berts_is(probe_set):
+    """The probe reads the encoder's [CLS] vectors through the call both families share (`encode`); a
+    ModernBERT encoder has no pooler."""
+    tokenizer = load_tokenizer(probe_set["tokenizer_dir"])
+    torch.manual_seed(0)
+    config = ModernBertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        local_attention=16,
+        pad_token_id=tokenizer.token_to_id("[PAD]"),
+    )
+    encoder = ModernBertForPreTraining(config).bert
+    data = load_labelled_data(
+        probe_set["train"], probe_set["eval"], Fields(), "classification", tokenizer, 64
+    )
+    scores = probe_scores(encoder, data, batch_size=16, device=torch.device("cpu"))
+    assert set(scores) == {"accuracy", "f1_macro"}
+    assert scores == probe_scores(encoder, data, batch_size=64, device=torch.device("cpu"))
+    majority = max(np.unique(data.eval.labels, return_counts=True)[1]) / len(data.eval.labels)
+    assert scores["accuracy"] > majority
