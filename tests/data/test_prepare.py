@@ -10,8 +10,11 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -30,6 +33,7 @@ from data import (
 from data.hashing import stream_key
 from data.readers import plan_units, resolve_corpus
 from data.shards import ROW_GROUP_ROWS, permuted_positions, write_shard
+from orchestrator.cli import main
 
 from .conftest import (
     LICENSE,
@@ -343,6 +347,48 @@ def test_an_error_in_the_tasks_is_printed_once(tokenizer_dir, tmp_path):
         cwd=ROOT,
     )
     assert done.returncode == 0 and done.stderr.count("have no field 'text'") == 1, done.stderr[-3000:]
+
+
+def test_the_command_stops_the_ray_it_started(tokenizer_dir, corpus_file, tmp_path):
+    """`bert-pretrain prepare` in its own process, as a user runs it: it starts a local Ray and leaves none of
+    its processes behind (the autoscaler monitor, which ignores SIGTERM and is killed first, included)."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "prepare", "--corpus", corpus_file, "--tokenizer"]
+        + [tokenizer_dir, "--out", str(tmp_path / "out"), "--format", "bert"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_own_ray_env(),
+        cwd=ROOT,
+    )
+    _, stderr = command.communicate(timeout=120)
+    assert command.returncode == 0, stderr[-3000:]
+    # Ray names the session's directory after the driver's pid; every process of it has files there open.
+    (session,) = Path("/tmp/ray").glob(f"session_*_{command.pid}")
+    deadline = time.monotonic() + 10
+    while (left := _processes_using(session)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [process.info["cmdline"] for process in left]
+
+
+def test_a_command_leaves_the_callers_ray_up(ray_session, tokenizer_dir, corpus_file, tmp_path):
+    """The command line run inside a process that holds Ray already (a test session, a notebook) uses that
+    Ray and leaves it up."""
+    arguments = ["--corpus", corpus_file, "--tokenizer", tokenizer_dir, "--out", str(tmp_path / "out")]
+    assert main(["prepare", *arguments, "--format", "bert"]) == 0
+    assert ray.is_initialized() and ray.get(ray.put(1)) == 1
+
+
+def _processes_using(session: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            names = [*(process.info["cmdline"] or []), *(f.path for f in process.open_files())]
+        except psutil.Error:
+            continue
+        if any(str(session) in name for name in names):
+            found.append(process)
+    return found
 
 
 def _own_ray_env() -> dict[str, str]:
