@@ -48,13 +48,12 @@ import torch
 import torch.nn.functional as F
 import transformers
 from step_batches import make_batch, parse_workload
-from step_timing import autocast, make_step, median_and_spread, synchronize, time_rounds
+from step_timing import check_losses_agree, make_step, median_and_spread, synchronize, time_rounds
 
 from model import IGNORE_INDEX, PRESETS, BertConfig, BertForPreTraining, compile_model
 from orchestrator.train.throughput import dense_bf16_peak_flops
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 ROWS = (
     "(a) transformers, sdpa, padded, head on all",
     "(b) ours padded, head on all",
@@ -135,29 +134,12 @@ def build_rows(
     return rows
 
 
-def check_losses_agree(
-    rows: dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor]]], dtype: str
-) -> float:
-    """Every row's loss on the batch with dropout off; raises unless all agree with the first (the peer's)."""
-    losses = {}
-    for name, (model, loss_of) in rows.items():
-        model.eval()
-        with torch.no_grad(), autocast(next(model.parameters()).device.type, dtype):
-            losses[name] = float(loss_of())
-        model.train()
-    reference = losses[ROWS[0]]
-    for name, loss in losses.items():
-        if abs(loss - reference) > LOSS_RTOL[dtype] * abs(reference):
-            raise SystemExit(f"losses disagree: {name} {loss:.6f}, {ROWS[0]} {reference:.6f}")
-    return reference
-
-
 def compare(preset: str, workload: tuple[str, int, int], args: argparse.Namespace, peak: float) -> None:
     padding, batch_size, seq_len = workload
     config = BertConfig.from_preset(preset, vocab_size=args.vocab_size)
     batch = make_batch(config.vocab_size, batch_size, seq_len, padding, args.device)
     rows = build_rows(config, batch, args)
-    loss = check_losses_agree(rows, args.dtype)
+    loss = check_losses_agree(rows, args.dtype, ROWS[0])
     steps = {
         name: make_step(model.parameters(), loss_of, args.device, args.dtype)
         for name, (model, loss_of) in rows.items()

@@ -30,12 +30,11 @@ from collections.abc import Callable
 import torch
 import transformers
 from step_batches import make_batch, parse_workload
-from step_timing import autocast, make_step, median_and_spread, time_rounds
+from step_timing import check_losses_agree, make_step, median_and_spread, time_rounds
 
 from model.modernbert import PRESETS, ModernBertConfig, ModernBertForPreTraining
 from model.modernbert_hf import config_to_hf
 
-LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 OURS = "ours"
 
 
@@ -65,26 +64,12 @@ def build_models(
     return models
 
 
-def check_losses_agree(
-    models: dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor]]], dtype: str
-) -> float:
-    """Every model's loss on the batch; raises unless all agree with ours."""
-    losses = {}
-    for name, (model, loss_of) in models.items():
-        with torch.no_grad(), autocast(next(model.parameters()).device.type, dtype):
-            losses[name] = float(loss_of())
-    for name, loss in losses.items():
-        if abs(loss - losses[OURS]) > LOSS_RTOL[dtype] * abs(losses[OURS]):
-            raise SystemExit(f"losses disagree: {name} {loss:.6f}, {OURS} {losses[OURS]:.6f}")
-    return losses[OURS]
-
-
 def compare(preset: str, workload: tuple[str, int, int], args: argparse.Namespace) -> None:
     padding, batch_size, seq_len = workload
     config = ModernBertConfig.from_preset(preset, vocab_size=args.vocab_size)
     batch = make_batch(config.vocab_size, batch_size, seq_len, padding, args.device)
     models = build_models(config, batch, args)
-    loss = check_losses_agree(models, args.dtype)
+    loss = check_losses_agree(models, args.dtype, OURS)
     steps = {
         name: make_step(model.parameters(), loss_of, args.device, args.dtype)
         for name, (model, loss_of) in models.items()

@@ -1,4 +1,5 @@
-"""Timing of training steps for the model benchmarks: rounds in alternating order, medians and spread.
+"""Timing of training steps for the model benchmarks: the losses checked first, rounds in alternating order,
+medians and spread.
 
 A round runs every contender's `steps_per_round` steps back to back and keeps the median step time; the order
 of the contenders is reversed every other round, so none always runs first (on a warm cache) or last.
@@ -14,6 +15,24 @@ from collections.abc import Callable, Iterable
 import torch
 
 Step = Callable[[], None]
+LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
+
+
+def check_losses_agree(
+    models: dict[str, tuple[torch.nn.Module, Callable[[], torch.Tensor]]], dtype: str, reference: str
+) -> float:
+    """Every model's loss on the batch, dropout off; raises unless all agree with `reference`'s, which it
+    returns. A benchmark times nothing whose values are wrong."""
+    losses = {}
+    for name, (model, loss_of) in models.items():
+        model.eval()
+        with torch.no_grad(), autocast(next(model.parameters()).device.type, dtype):
+            losses[name] = float(loss_of())
+        model.train()
+    for name, loss in losses.items():
+        if abs(loss - losses[reference]) > LOSS_RTOL[dtype] * abs(losses[reference]):
+            raise SystemExit(f"losses disagree: {name} {loss:.6f}, {reference} {losses[reference]:.6f}")
+    return losses[reference]
 
 
 def synchronize(device: str) -> None:
