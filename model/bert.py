@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common.batch import IGNORE_INDEX
+from model.compiling import keep_registered_out_of_graphs, mark_dynamic_tokens, outside_compiled_graphs
 from model.config import BertConfig
 
 
@@ -160,7 +161,7 @@ def _dense_attention(
     return y.transpose(1, 2).reshape(batch, seq_len, hidden)  # (B, nh, S, hs) -> (B, S, H)
 
 
-@torch.compiler.disable  # its shapes change with every batch's lengths; the compiled layer breaks around it
+@outside_compiled_graphs  # its shapes change with every batch's lengths; the compiled layer breaks around it
 def unpadded_attention(
     qkv: torch.Tensor, layout: TokenLayout, num_heads: int, dropout_p: float, cuda_kernel: str
 ) -> torch.Tensor:
@@ -182,7 +183,7 @@ def unpadded_attention(
     else:
         y = nested_attention(q, k, v, layout, dropout_p)
     y = y.reshape(tokens, hidden)
-    torch._dynamo.maybe_mark_dynamic(y, 0)  # the compiled rest of the layer: one graph for any token count
+    mark_dynamic_tokens(y)  # the compiled rest of the layer: one graph for any token count
     return y
 
 
@@ -249,7 +250,7 @@ class BertModel(nn.Module):
         mask = None if self.unpad else _sdpa_mask(attention_mask)  # unpadded, a batch without layout is full
         x = self.embeddings(input_ids, token_type_ids, layout)
         if layout is not None:
-            torch._dynamo.maybe_mark_dynamic(x, 0)  # compiled layers: one graph for any token count
+            mark_dynamic_tokens(x)  # compiled layers: one graph for any token count
         for layer in self.layers:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(layer, x, mask, layout, use_reentrant=False)
@@ -452,6 +453,7 @@ def compile_model(model: BertForPreTraining, backend: str | Callable = "inductor
     The MLM head works on a data-dependent number of labelled positions, so it stays eager. `backend` is
     torch.compile's (tests count compilations with one of their own).
     """
+    keep_registered_out_of_graphs()  # here, not at import: plain runs need not import torch._dynamo
     for layer in model.bert.layers:
         layer.compile(backend=backend)
     return model

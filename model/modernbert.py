@@ -20,6 +20,7 @@ HF checkpoint import/export lives beside this file, in `model/modernbert_hf.py`.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +34,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.bert import PretrainingOutput, TokenLayout, masked_lm, nested_attention
+from model.compiling import mark_dynamic_tokens, outside_compiled_graphs
 
-try:  # torch >= 2.10; without it CUDA batches with padding take the "sdpa" path
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # pragma: no cover - depends on the installed torch
-    varlen_attn = None
+# torch >= 2.10; without it CUDA batches with padding take the "sdpa" path. Found here, imported where used:
+# importing it imports torch._dynamo (about a second), which a CPU run never needs.
+HAS_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
 
 # Named sizes (layers, hidden, heads, intermediate) of the family. base and large are the published
 # ModernBERT-base and ModernBERT-large; tiny and mini are for tests and smoke runs.
@@ -304,7 +305,7 @@ def _dense_attention(
     return y.transpose(1, 2).reshape(batch, seq_len, num_heads * head_size)  # (B, nh, S, hs) -> (B, S, H)
 
 
-@torch.compiler.disable  # its shapes change with every batch's lengths; the compiled layer breaks around it
+@outside_compiled_graphs  # its shapes change with every batch's lengths; the compiled layer breaks around it
 def unpadded_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -324,7 +325,9 @@ def unpadded_attention(
     the path of every layer elsewhere (on CPU faster than one call on the padded batch).
     """
     tokens, num_heads, head_size = q.shape
-    if q.is_cuda and cuda_kernel == "varlen" and varlen_attn is not None and q.dtype != torch.float32:
+    if q.is_cuda and cuda_kernel == "varlen" and HAS_VARLEN and q.dtype != torch.float32:
+        from torch.nn.attention.varlen import varlen_attn
+
         offsets, longest = layout.offsets.to(torch.int32), max(layout.lengths)
         window_size = (-1, -1) if window is None else (window, window)
         y = varlen_attn(q, k, v, offsets, offsets, longest, longest, window_size=window_size)  # no dropout
@@ -333,7 +336,7 @@ def unpadded_attention(
     else:
         y = _attention_per_sequence(q, k, v, layout.lengths, window, dropout_p)
     y = y.reshape(tokens, num_heads * head_size)
-    torch._dynamo.maybe_mark_dynamic(y, 0)  # the compiled rest of the layer: one graph for any token count
+    mark_dynamic_tokens(y)  # the compiled rest of the layer: one graph for any token count
     return y
 
 
@@ -401,7 +404,7 @@ class ModernBertModel(nn.Module):
             # within the real tokens: HF's too while a row's real tokens are contiguous (padding at the ends).
             positions = layout.positions
             x = self.embeddings(layout.unpad(input_ids))  # (T, H)
-            torch._dynamo.maybe_mark_dynamic(x, 0)  # compiled layers: one graph for any token count
+            mark_dynamic_tokens(x)  # compiled layers: one graph for any token count
             masks = dict.fromkeys(config.attention_windows)
         rotary = {
             theta: rotary_cos_sin(positions, config.head_size, theta, x.dtype)  # each (S, hs) or (T, hs)
@@ -569,7 +572,7 @@ def attention_path(config: ModernBertConfig, device: torch.device) -> str:
         return "batches with padding run padded (unpad off): SDPA with a mask over every position"
     if device.type != "cuda":
         kernel = f"one SDPA call per sequence (local layers with a band mask), attention dropout {dropout:g}"
-    elif config.unpadded_attention == "varlen" and varlen_attn is not None:
+    elif config.unpadded_attention == "varlen" and HAS_VARLEN:
         kernel = "varlen_attn (flash, local layers windowed) in half precision, without attention dropout" + (
             f" (the configured {dropout:g} is not applied)" if dropout else ""
         )
