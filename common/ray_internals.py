@@ -3,6 +3,8 @@
 - Ray Train's controller callbacks and its restarting state: the public `UserCallback` has no hook at the end
   of a run nor before a restart (the metric sender flushes at the end; a worker's user error stops the run).
 - Ray Train's environment switches: its controller's poll interval and its preemption watcher.
+- Ray's switch for the idle workers a new local Ray starts for its first driver, and Ray Data's autoscaling
+  coordinator, started early (see `start_autoscaling_coordinator`).
 - Ray's logging: Ray Train's per-report INFO lines and Ray Data's stream notices kept off the console; the
   workers' lines printed by the driver without Ray's `(name pid=...)` prefix.
 - Ray's own switch for single-machine use, and its address lookup (the local Ray on 127.0.0.1).
@@ -27,9 +29,15 @@ from ray.train.v2._internal.execution import context as train_context
 from ray.train.v2._internal.execution.callback import ControllerCallback, ReportCallback
 from ray.train.v2._internal.execution.controller.state import RestartingState
 
+PRESTART_WORKERS_ENV_VAR = "RAY_prestart_worker_first_driver"
+"""Ray's system setting (read by a raylet this process starts): start one idle worker process per CPU when the
+first driver connects. A run's actors carry a runtime environment of their own, so none of them takes such a
+worker: they only take the CPU while Ray Train starts."""
+
 __all__ = [
     "ENABLE_PREEMPTION_WATCHER_ENV_VAR",
     "HEALTH_CHECK_INTERVAL_S_ENV_VAR",
+    "PRESTART_WORKERS_ENV_VAR",
     "ControllerCallback",
     "ReportCallback",
     "RestartingState",
@@ -40,6 +48,7 @@ __all__ = [
     "single_machine_mode",
     "sigterm_handler_kept",
     "kill_autoscaler_monitor",
+    "start_autoscaling_coordinator",
 ]
 
 
@@ -105,3 +114,14 @@ def kill_autoscaler_monitor() -> None:
     for process_info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []:
         process_info.process.kill()
         process_info.process.wait(timeout=5)
+
+
+def start_autoscaling_coordinator() -> None:
+    """Start Ray Data's autoscaling coordinator now, without waiting for it: a named detached actor that Ray
+    Train's controller creates (or finds) and then waits on while its process starts, before it starts the
+    workers. Started from the driver, its process starts beside the controller's instead of after it."""
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    get_or_create_autoscaling_coordinator()

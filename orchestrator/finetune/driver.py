@@ -24,7 +24,11 @@ import ray.train
 from common import local_ray, storage
 from common.console import say
 from common.errors import Interrupted, UserError
-from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR
+from common.ray_internals import (
+    ENABLE_PREEMPTION_WATCHER_ENV_VAR,
+    PRESTART_WORKERS_ENV_VAR,
+    start_autoscaling_coordinator,
+)
 from common.redact import redact, redact_text
 from data.labelled import Fields, LabelledData, load_labelled_data
 from data.tokenizer import TOKENIZER_FILES
@@ -101,7 +105,9 @@ def finetune(settings: FinetuneSettings, callbacks: Sequence[ray.train.UserCallb
 
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
+    os.environ.setdefault(PRESTART_WORKERS_ENV_VAR, "0")  # a new local Ray: no idle workers that none takes
     local_ray.init_ray(log_to_driver=True)
+    start_autoscaling_coordinator()
     scaling = ScalingConfig(
         num_workers=settings.num_workers,
         use_gpu=settings.use_gpu,
