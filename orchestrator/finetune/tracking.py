@@ -115,10 +115,10 @@ class FinetuneTracker:
         metrics: Mapping[str, float] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
+        if not run_id:  # tracking off: mlflow not even imported (about a second)
+            return
         from mlflow.entities import Metric, Param, RunTag
 
-        if not run_id:
-            return
         self._guarded(
             self._client.log_batch,
             run_id,
