@@ -5,6 +5,7 @@
 - Ray Train's environment switches: its controller's poll interval and its preemption watcher.
 - Ray's switch for the idle workers a new local Ray starts for its first driver, and Ray Data's autoscaling
   coordinator, started early (see `start_autoscaling_coordinator`).
+- Ray Train's default callbacks: a trainer whose workers use no Ray Data goes without its datasets callback.
 - Ray's logging: Ray Train's per-report INFO lines and Ray Data's stream notices kept off the console; the
   workers' lines printed by the driver without Ray's `(name pid=...)` prefix.
 - Ray's own switch for single-machine use, and its address lookup (the local Ray on 127.0.0.1).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import ray._private.utils
 from ray._private import ray_constants, services
@@ -49,6 +51,7 @@ __all__ = [
     "sigterm_handler_kept",
     "kill_autoscaler_monitor",
     "start_autoscaling_coordinator",
+    "torch_trainer_without_ray_data",
 ]
 
 
@@ -125,3 +128,19 @@ def start_autoscaling_coordinator() -> None:
     )
 
     get_or_create_autoscaling_coordinator()
+
+
+def torch_trainer_without_ray_data(*args: Any, **kwargs: Any) -> Any:
+    """`TorchTrainer(*args, **kwargs)` for workers that use no Ray Data at all (no datasets, no streams of
+    their own): without Ray Train's datasets callback, which starts a DatasetManager actor for every fit (a
+    process that imports Ray Data, a second or more of CPU while the workers start) and hands the driver's
+    Ray Data context to the workers. Imported here, not at the top: this module stays free of torch."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+
+    class TorchTrainerWithoutRayData(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
+
+    return TorchTrainerWithoutRayData(*args, **kwargs)

@@ -205,7 +205,9 @@ def fit_seed(
     seed = run.config.train.seed
     child_id, callback = tracker.child(seed, run.dir)
     try:
-        trainer = build_trainer(run, [callback, StopOnUserError(), *callbacks], loop=finetune_worker)
+        trainer = build_trainer(
+            run, [callback, StopOnUserError(), *callbacks], loop=finetune_worker, ray_data=False
+        )
         result = fit(trainer, run.dir)
     except (KeyboardInterrupt, SystemExit):
         tracker.end(child_id, "KILLED")

@@ -15,7 +15,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from common.ray_internals import HEALTH_CHECK_INTERVAL_S_ENV_VAR
+from common.ray_internals import HEALTH_CHECK_INTERVAL_S_ENV_VAR, torch_trainer_without_ray_data
 from orchestrator.run import Run
 from orchestrator.run_dir import RunDir
 from orchestrator.tracking.system_metrics import SystemMetricsTarget
@@ -28,6 +28,7 @@ def build_trainer(
     callbacks: Sequence[ray.train.UserCallback],
     system_metrics: SystemMetricsTarget | None = None,
     loop: Callable[[dict], None] = train_worker,
+    ray_data: bool = True,
 ) -> TorchTrainer:
     """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the run's
     splits and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build
@@ -36,7 +37,8 @@ def build_trainer(
 
     `system_metrics`: where each node's first worker sends its node's system metrics. `loop` is what every
     rank runs with {"run": run, "system_metrics": ...}; fine-tuning passes its own worker and run, which has
-    the same `config` (scaling, checkpoint) and `dir`."""
+    the same `config` (scaling, checkpoint) and `dir`. `ray_data=False`: the workers use no Ray Data (the
+    fine-tuning sets come through the object store): no DatasetManager actor of Ray Train's for them."""
     scaling = run.config.scaling
     # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
     # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
@@ -44,7 +46,8 @@ def build_trainer(
     poll_s = max(0.1, scaling.num_workers / 1000)
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, f"{poll_s:g}")
     checkpoint = run.config.checkpoint
-    return TorchTrainer(
+    trainer_class = TorchTrainer if ray_data else torch_trainer_without_ray_data
+    return trainer_class(
         loop,
         train_loop_config={"run": run, "system_metrics": system_metrics},
         scaling_config=ray.train.ScalingConfig(
