@@ -229,6 +229,10 @@ def _shuffle_and_write(
             refs = bucket.remote(table, first, num_examples, seed, bounds)
             buckets.append(refs if len(sizes) > 1 else [refs])
             first += rows
+    # A writer takes a bucket of every source, so none can start before all bucketing is done. Submitted only
+    # then, no writer is cancelled while Ray still resolves its arguments: Ray 2.60's driver fails a check in
+    # its reference counter on that (a Ctrl-C at that moment) and dies at once, leaving the staging directory.
+    _wait_quietly([tasks.track(refs[0], *refs[1:]) for refs in buckets])
     write = ray.remote(write_shard)
     paths = [f"{split}/shard-{shard:05d}.parquet" for shard in range(len(sizes))]
     writes = [
@@ -237,6 +241,14 @@ def _shuffle_and_write(
     ]
     tasks.wait(writes, f"shuffle and write {split}", None, "shards")
     return paths
+
+
+def _wait_quietly(refs: list) -> None:
+    """Until the tasks of `refs` are done (their results stay where they are), Ctrl-C heard every 0.5 s."""
+    import ray
+
+    while refs:
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=0.5, fetch_local=False)
 
 
 def _corpus_counts(units: list[dict]) -> dict:
