@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,37 +51,6 @@ def init_ray(**kwargs: Any) -> None:
             if kwargs.get("include_dashboard") is not False:
                 kwargs["runtime_env"] = _with_address(kwargs.get("runtime_env"), f"127.0.0.1:{port}")
             ray.init(**{**kwargs, "address": "local"})
-
-
-@contextlib.contextmanager
-def stop_ray() -> None:
-    """`ray.shutdown()` without the waits that only cost a command's user time at its end (1.5 s of a 10 s
-    `prepare`): the 0.5 s pause of Ray's exit hook (for worker lines still on their way; a command is done
-    with its workers) and the second a local Ray's autoscaler monitor takes to ignore SIGTERM."""
-    import ray
-
-    from common.ray_internals import kill_autoscaler_monitor
-
-    if ray.is_initialized():
-        kill_autoscaler_monitor()
-        ray.shutdown()
-
-
-@contextlib.contextmanager
-def ray_stopped_after() -> Iterator[None]:
-    """Stop Ray at the end of the block if the block started it (or joined a cluster): a command run in a
-    process that already holds Ray (a test session's) leaves it up."""
-    was_up = _ray_is_up()
-    try:
-        yield
-    finally:
-        if not was_up and _ray_is_up():
-            stop_ray()
-
-
-def _ray_is_up() -> bool:
-    ray = sys.modules.get("ray")  # not imported: not up (and `--help` does not pay for importing it)
-    return ray is not None and ray.is_initialized()
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@
   workers' lines printed by the driver without Ray's `(name pid=...)` prefix.
 - Ray's own switch for single-machine use, and its address lookup (the local Ray on 127.0.0.1).
 - Ray's driver SIGTERM handler (`sys.exit(15)`), which `ray.init` would put in place of ours.
-- The processes of the local Ray this process started: its autoscaler monitor, stopped at once at the end.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ __all__ = [
     "names_a_cluster",
     "single_machine_mode",
     "sigterm_handler_kept",
-    "kill_autoscaler_monitor",
     "start_autoscaling_coordinator",
     "torch_trainer_without_ray_data",
 ]
@@ -107,16 +105,6 @@ def sigterm_handler_kept() -> Iterator[None]:
         yield
     finally:
         ray._private.utils.set_sigterm_handler = set_handler
-
-
-def kill_autoscaler_monitor() -> None:
-    """Kill the autoscaler monitor of the local Ray this process started (one machine has nothing to scale):
-    `ray.shutdown` sends it SIGTERM, which it ignores, and waits a second before its SIGKILL. It has no
-    children and keeps no state. A driver that joined a cluster started no monitor: nothing is done."""
-    node = ray._private.worker._global_node
-    for process_info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []:
-        process_info.process.kill()
-        process_info.process.wait(timeout=5)
 
 
 def start_autoscaling_coordinator() -> None:

@@ -8,7 +8,6 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from common.errors import Interrupted, UserError
-from common.local_ray import ray_stopped_after
 from common.redact import redact_text
 
 # Each command module exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
@@ -46,8 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # Every message goes through redact_text: no credential of a URI reaches the console.
     try:
-        with ray_stopped_after():
-            return int(args.func(args) or 0)
+        return int(args.func(args) or 0)
     except KeyboardInterrupt as interrupt:
         detail = str(interrupt) if isinstance(interrupt, Interrupted) else "run it again to start over"
         print(f"\nbert-pretrain {args.command}: interrupted; {redact_text(detail)}", file=sys.stderr)

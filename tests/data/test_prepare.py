@@ -33,7 +33,6 @@ from data import (
 from data.hashing import stream_key
 from data.readers import plan_units, resolve_corpus
 from data.shards import ROW_GROUP_ROWS, permuted_positions, write_shard
-from orchestrator.cli import main
 
 from .conftest import (
     LICENSE,
@@ -351,7 +350,7 @@ def test_an_error_in_the_tasks_is_printed_once(tokenizer_dir, tmp_path):
 
 def test_the_command_stops_the_ray_it_started(tokenizer_dir, corpus_file, tmp_path):
     """`bert-pretrain prepare` in its own process, as a user runs it: it starts a local Ray and leaves none of
-    its processes behind (the autoscaler monitor, which ignores SIGTERM and is killed first, included)."""
+    its processes behind."""
     command = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "prepare", "--corpus", corpus_file, "--tokenizer"]
         + [tokenizer_dir, "--out", str(tmp_path / "out"), "--format", "bert"],
@@ -369,14 +368,6 @@ def test_the_command_stops_the_ray_it_started(tokenizer_dir, corpus_file, tmp_pa
     while (left := _processes_using(session)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, [process.info["cmdline"] for process in left]
-
-
-def test_a_command_leaves_the_callers_ray_up(ray_session, tokenizer_dir, corpus_file, tmp_path):
-    """The command line run inside a process that holds Ray already (a test session, a notebook) uses that
-    Ray and leaves it up."""
-    arguments = ["--corpus", corpus_file, "--tokenizer", tokenizer_dir, "--out", str(tmp_path / "out")]
-    assert main(["prepare", *arguments, "--format", "bert"]) == 0
-    assert ray.is_initialized() and ray.get(ray.put(1)) == 1
 
 
 def _processes_using(session: Path) -> list[psutil.Process]:
