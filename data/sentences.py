@@ -59,7 +59,6 @@ ABBREVIATIONS = frozenset(
 # A candidate boundary: terminal punctuation, optional closing quotes/brackets, whitespace, then what may
 # start a sentence (a capital, a digit, an opening quote or bracket).
 _BOUNDARY = re.compile(r"""([.!?…]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9À-ÖØ-Þ])""")
-_SPACES = re.compile(r"\s+")
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
@@ -74,7 +73,7 @@ def normalize_text(text: str) -> str:
 
 def split_sentences(paragraph: str) -> list[str]:
     """Split one paragraph of running text into sentences."""
-    paragraph = " ".join(paragraph.split())  # str.split's whitespace is the regex \s; faster than re.sub
+    paragraph = _single_spaced(paragraph)
     if not paragraph:
         return []
     sentences: list[str] = []
@@ -91,6 +90,12 @@ def split_sentences(paragraph: str) -> list[str]:
     return sentences
 
 
+def _single_spaced(text: str) -> str:
+    r"""Runs of whitespace as one space, none at the ends: `re.sub(r"\s+", " ", text).strip()` (str.split's
+    whitespace is the regex's \s) at C speed."""
+    return " ".join(text.split())
+
+
 def _is_abbreviation(candidate: str) -> bool:
     """True when `candidate` ends in a stop that belongs to an abbreviation or an initial ("J. Smith")."""
     if not candidate.endswith("."):
@@ -103,5 +108,5 @@ def document_sentences(text: str, one_sentence_per_line: bool) -> list[str]:
     """The sentences of a document: its lines (BERT format), or the sentences of its paragraphs (blocks of
     lines between blank lines, their lines joined: wrapped text keeps its sentences whole)."""
     if one_sentence_per_line:
-        return [sentence for line in text.splitlines() if (sentence := _SPACES.sub(" ", line).strip())]
+        return [sentence for line in text.splitlines() if (sentence := _single_spaced(line))]
     return [sentence for paragraph in _BLANK_LINE.split(text) for sentence in split_sentences(paragraph)]
