@@ -44,6 +44,7 @@ from data.tokenizer import copy_tokenizer, load_tokenizer, special_token_ids, to
 _FILL_WARNING = 0.70
 _NSP_TOLERANCE = 0.05
 _CANCEL_WAIT_S = 30.0
+_SETTLE_S = 0.5
 
 
 def prepare(
@@ -229,10 +230,6 @@ def _shuffle_and_write(
             refs = bucket.remote(table, first, num_examples, seed, bounds)
             buckets.append(refs if len(sizes) > 1 else [refs])
             first += rows
-    # A writer takes a bucket of every source, so none can start before all bucketing is done. Submitted only
-    # then, no writer is cancelled while Ray still resolves its arguments: Ray 2.60's driver fails a check in
-    # its reference counter on that (a Ctrl-C at that moment) and dies at once, leaving the staging directory.
-    _wait_quietly([tasks.track(refs[0], *refs[1:]) for refs in buckets])
     write = ray.remote(write_shard)
     paths = [f"{split}/shard-{shard:05d}.parquet" for shard in range(len(sizes))]
     writes = [
@@ -241,14 +238,6 @@ def _shuffle_and_write(
     ]
     tasks.wait(writes, f"shuffle and write {split}", None, "shards")
     return paths
-
-
-def _wait_quietly(refs: list) -> None:
-    """Until the tasks of `refs` are done (their results stay where they are), Ctrl-C heard every 0.5 s."""
-    import ray
-
-    while refs:
-        _, refs = ray.wait(refs, num_returns=len(refs), timeout=0.5, fetch_local=False)
 
 
 def _corpus_counts(units: list[dict]) -> dict:
@@ -410,9 +399,16 @@ class _Tasks:
 
     def cancel(self) -> None:
         """Stop the tasks still running (they could write into the staging directory) and wait for them. The
-        error of a failed task is read from each of its results, else Ray prints it again for every one."""
+        error of a failed task is read from each of its results, else Ray prints it again for every one.
+
+        Ray 2.60's driver fails a check and dies at once, leaving the staging directory, when a task is
+        cancelled before Ray has resolved its arguments (just after it is submitted: a Ctrl-C as the shard
+        writers start), so the tasks first get a moment, in which many end. (It dies the same way when a task
+        is cancelled at the moment it completes, with or without force; that race is Ray's to fix.)"""
         import ray
 
+        with contextlib.suppress(Exception):
+            ray.wait(self.refs, num_returns=len(self.refs), timeout=_SETTLE_S, fetch_local=False)
         for ref in self.refs:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
