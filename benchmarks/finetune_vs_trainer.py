@@ -17,19 +17,21 @@ the learning rate (5e-4) higher than a pretrained model's 2e-5.
   (padding to the longest of the batch), Trainer(TrainingArguments: the same batch, lr, epochs, seed,
   warmup share, weight decay, and our AdamW epsilon 1e-6; eval_strategy="no", save_strategy="no",
   use_cpu=True, dataloader_num_workers=0), `train()`, `predict(eval)` for the accuracy and `save_model`,
-  as run_glue.py ends; `torch.set_num_threads` as many as our workers' threads together.
+  as run_glue.py ends; `torch.set_num_threads(--threads)`, the machine's cores by default.
 - ours: `bert-pretrain finetune BASE --train --eval --out --epochs --lr --batch-size --max-seq-length
-  --seeds 1 --first-seed S --num-workers 2 --no-mlflow --json` (2 Ray Train workers of 1 CPU and 1 thread
-  each on this 2-core machine, as the README runs CPU jobs), the scores from its last JSON line.
+  --seeds 1 --first-seed S --num-workers N --no-mlflow --json`, the scores from its last JSON line, once
+  for each N of `--workers` (default 0 and 2): 0 runs the fit in the command's own process (Ray Train's
+  local mode, torch's default threads: the cores), 2 on a new local Ray with 2 Ray Train workers of 1 CPU
+  and 1 thread each, as the README runs CPU jobs on this 2-core machine.
 
 Both are timed as whole commands (subprocess wall time: imports, Ray's start, reading and tokenizing, the
-fit, the evaluation, writing the model). Seeds 0, 1, 2 are one command each per side, in alternating order
-(round k runs the peer first when k is even). Ours scores the eval set after every epoch and reports its best
-epoch; the peer scores once, after the last. The table gives ours both ways: its reported (best-epoch)
-accuracy, and its last epoch's (read from its progress lines), which is the like-for-like figure.
+fit, the evaluation, writing the model). Seeds 0, 1, 2 are one command each per side, in turns (round k
+starts with side k of the list: peer, ours with each --workers). Ours scores the eval set after every epoch
+and reports its best epoch; the peer scores once, after the last. The table gives ours both ways: its
+reported (best-epoch) accuracy, and its last epoch's (read from its progress lines), the like-for-like one.
 Goal (issue 22): the same accuracy (within a point, median of the 3 seeds) at 1.5x the peer's speed.
 
-Usage (nothing else on the machine; about 10 min with the defaults on 2 quiet cores):
+Usage (nothing else on the machine; about 15 min with the defaults on 2 quiet cores):
     PYTHONPATH=$PWD .venv/bin/python benchmarks/finetune_vs_trainer.py [--sets short long] [--seeds 3]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/finetune_vs_trainer.py --quick   # smoke run, ~1 min
 """
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import json
 import os
@@ -131,6 +134,7 @@ accuracy = float((np.argmax(predictions.predictions, axis=1) == predictions.labe
 trainer.save_model()
 print("RESULT", json.dumps({{"accuracy": accuracy}}), flush=True)
 """
+PEER_SIDE = "HF Trainer (run_glue recipe)"
 LAST_EPOCH = re.compile(r"epoch (\d+)/(\d+) .*\|\s+eval accuracy ([0-9.]+)")
 PROGRESS = re.compile(r"seed \d+\s+epoch \d+/\d+\s+step (\d+)/")
 
@@ -247,7 +251,7 @@ def run_peer(base: str, data: dict[str, str], args: argparse.Namespace, seed: in
         "adam_epsilon": 1e-6,
         "max_seq_length": args.max_seq_length,
     }
-    script = PEER.format(threads=args.workers, settings=json.dumps(settings))
+    script = PEER.format(threads=args.threads, settings=json.dumps(settings))
     started, stamp = time.perf_counter(), time.time()
     output = _run([sys.executable, "-c", script], {})
     wall = time.perf_counter() - started
@@ -258,7 +262,9 @@ def run_peer(base: str, data: dict[str, str], args: argparse.Namespace, seed: in
     return Outcome(accuracy, accuracy, wall, first)
 
 
-def run_ours(base: str, data: dict[str, str], args: argparse.Namespace, seed: int, work: Path) -> Outcome:
+def run_ours(
+    base: str, data: dict[str, str], args: argparse.Namespace, seed: int, work: Path, workers: int
+) -> Outcome:
     out = Path(tempfile.mkdtemp(dir=work, prefix="ours-"))
     command = [
         sys.executable,
@@ -287,7 +293,7 @@ def run_ours(base: str, data: dict[str, str], args: argparse.Namespace, seed: in
         "--first-seed",
         str(seed),
         "--num-workers",
-        str(args.workers),
+        str(workers),
         "--no-mlflow",
         "--json",
     ]
@@ -348,34 +354,36 @@ def report(
     name: str, data: dict[str, str], results: dict[str, list[Outcome]], args: argparse.Namespace
 ) -> None:
     rows = {split: len(read_jsonl(data[split])) for split in ("train", "eval")}
-    peer, ours = results["peer"], results["ours"]
+    peer = results.pop(PEER_SIDE)
     print(
         f"\n{name}: {rows['train']:,} training / {rows['eval']:,} eval rows, {args.epochs} epochs, batch "
         f"{args.batch_size}, lr {args.lr:g}, max {args.max_seq_length} tokens, {len(peer)} seed(s)"
     )
     print("| side | accuracy % (best epoch) | accuracy % (last epoch) | wall s | to 1st step s |")
     print("|---|---|---|---|---|")
-    for side, outcomes, has_best in (
-        ("HF Trainer (run_glue recipe)", peer, False),
-        ("bert-pretrain finetune", ours, True),
-    ):
+    for side, outcomes in ((PEER_SIDE, peer), *results.items()):
         firsts = [o.first_step_s for o in outcomes if o.first_step_s is not None]
-        best_epoch = spread([o.accuracy for o in outcomes], 1, 100) if has_best else "-"
+        best_epoch = spread([o.accuracy for o in outcomes], 1, 100) if side != PEER_SIDE else "-"
         print(
             f"| {side} | {best_epoch} | "
             f"{spread([o.last_epoch_accuracy for o in outcomes], 1, 100)} | "
             f"{spread([o.wall_s for o in outcomes], 1)} | {spread(firsts, 1) if firsts else '-'} |"
         )
     print("(to 1st step: the peer's first optimizer step; ours: its first progress line, after 10 steps)")
-    speed = [p.wall_s / o.wall_s for p, o in zip(peer, ours, strict=True)]
-    last = 100 * (
-        statistics.median(o.last_epoch_accuracy for o in ours) - statistics.median(p.accuracy for p in peer)
-    )
-    best = 100 * (statistics.median(o.accuracy for o in ours) - statistics.median(p.accuracy for p in peer))
-    print(
-        f"speed, peer wall / ours per seed: {spread(speed, 2)}x (goal >= 1.5x); accuracy, ours - peer "
-        f"(medians): {last:+.1f} points at the last epoch, {best:+.1f} with ours' best epoch (goal within 1)"
-    )
+    for side, ours in results.items():
+        speed = [p.wall_s / o.wall_s for p, o in zip(peer, ours, strict=True)]
+        peer_accuracy = statistics.median(p.accuracy for p in peer)
+        last = 100 * (statistics.median(o.last_epoch_accuracy for o in ours) - peer_accuracy)
+        best = 100 * (statistics.median(o.accuracy for o in ours) - peer_accuracy)
+        print(
+            f"{side}: speed, peer wall / ours per seed: {spread(speed, 2)}x (goal >= 1.5x); accuracy, ours - "
+            f"peer (medians): {last:+.1f} points at the last epoch, {best:+.1f} with ours' best epoch (goal "
+            "within 1)"
+        )
+
+
+def ours_side(workers: int) -> str:
+    return "bert-pretrain finetune, " + (f"{workers} Ray Train workers" if workers else "in process")
 
 
 def main() -> None:
@@ -390,7 +398,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--warmup", type=float, default=0.1, help="share of the steps of linear warmup")
-    parser.add_argument("--workers", type=int, default=2, help="our Ray Train workers; the peer's threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 2],
+        help="ours' --num-workers, a side each (0: in process)",
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="the peer's torch threads")
     parser.add_argument("--work", help="a folder to keep the sets and the base model in (default: temporary)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sets, 1 seed, 1 epoch")
     args = parser.parse_args()
@@ -406,12 +421,16 @@ def main() -> None:
     sets = build_sets(sets_dir, {name: specs[name] for name in args.sets})
     base = build_base(sets_dir, sets, args.preset)
     print(f"base model: random-init {args.preset} with its tokenizer in {base}", flush=True)
+    sides = {
+        PEER_SIDE: run_peer,
+        **{ours_side(n): functools.partial(run_ours, workers=n) for n in args.workers},
+    }
     for name, data in sets.items():
-        results: dict[str, list[Outcome]] = {"peer": [], "ours": []}
+        results: dict[str, list[Outcome]] = {side: [] for side in sides}
         for seed in range(args.seeds):
-            sides = (("peer", run_peer), ("ours", run_ours))
-            for side, run in sides if seed % 2 == 0 else sides[::-1]:
-                outcome = run(base, data, args, seed, work)
+            turn = list(sides)[seed % len(sides) :] + list(sides)[: seed % len(sides)]
+            for side in turn:
+                outcome = sides[side](base, data, args, seed, work)
                 results[side].append(outcome)
                 print(
                     f"{name} seed {seed} {side}: accuracy {outcome.accuracy:.4f} (last epoch "

@@ -6,8 +6,8 @@
 - Ray's switch for the idle workers a new local Ray starts for its first driver, and Ray Data's autoscaling
   coordinator, started early (see `start_autoscaling_coordinator`).
 - Ray Train's default callbacks: a trainer whose workers use no Ray Data goes without its datasets callback.
-- Ray's logging: Ray Train's per-report INFO lines and Ray Data's stream notices kept off the console; the
-  workers' lines printed by the driver without Ray's `(name pid=...)` prefix.
+- Ray's logging: Ray Train's per-report INFO lines (local mode's too) and Ray Data's stream notices kept off
+  the console; the workers' lines printed by the driver without Ray's `(name pid=...)` prefix.
 - Ray's own switch for single-machine use, and its address lookup (the local Ray on 127.0.0.1).
 - Ray's driver SIGTERM handler (`sys.exit(15)`), which `ray.init` would put in place of ours.
 """
@@ -27,8 +27,10 @@ from ray.train.v2._internal.constants import (
     HEALTH_CHECK_INTERVAL_S_ENV_VAR,
 )
 from ray.train.v2._internal.execution import context as train_context
+from ray.train.v2._internal.execution import train_fn_utils
 from ray.train.v2._internal.execution.callback import ControllerCallback, ReportCallback
 from ray.train.v2._internal.execution.controller.state import RestartingState
+from ray.train.v2.api import config as train_config
 
 PRESTART_WORKERS_ENV_VAR = "RAY_prestart_worker_first_driver"
 """Ray's system setting (read by a raylet this process starts): start one idle worker process per CPU when the
@@ -42,6 +44,7 @@ __all__ = [
     "ControllerCallback",
     "ReportCallback",
     "RestartingState",
+    "quiet_local_mode",
     "quiet_ray_console",
     "quiet_token_auth_notice",
     "worker_lines_without_prefix",
@@ -62,6 +65,12 @@ def quiet_ray_console() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, SessionFileHandler):
             handler.setLevel(logging.ERROR)
+
+
+def quiet_local_mode() -> None:
+    """Ray Train's local mode (the loop in the driver's process) says so at INFO, and logs every report."""
+    for module in (train_config, train_fn_utils):
+        logging.getLogger(module.__name__).setLevel(logging.WARNING)
 
 
 def quiet_token_auth_notice() -> None:

@@ -61,7 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--dropout", type=float, help="hidden and attention dropout (default: the model's)")
     parser.add_argument("--log-every", type=int, default=10, help="log training metrics every N steps (10)")
-    parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help="Ray Train workers (DDP ranks); 0: the fit in this process, no Ray (Ray Train's local mode)",
+    )
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
     parser.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_HELP)

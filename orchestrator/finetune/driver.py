@@ -13,13 +13,13 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
+import torch
 
 from common import local_ray, storage
 from common.console import say
@@ -43,7 +43,7 @@ from orchestrator.config import (
     TrainConfig,
 )
 from orchestrator.finetune.metrics import PRIMARY, summarize_seeds
-from orchestrator.finetune.run import RESULT_FILE, FinetuneDir, FinetuneRun, FinetuneSettings
+from orchestrator.finetune.run import BEST_DIR, RESULT_FILE, FinetuneDir, FinetuneRun, FinetuneSettings
 from orchestrator.finetune.tracking import FinetuneTracker
 from orchestrator.finetune.worker import finetune_worker
 from orchestrator.inference.loading import load_model
@@ -51,6 +51,9 @@ from orchestrator.run import BatchPlan, RunPlan, plan_batches
 from orchestrator.train.failures import StopOnUserError, user_error_in
 from orchestrator.train.resources import check_resources
 from orchestrator.train.trainer import build_trainer, fit
+
+if TYPE_CHECKING:
+    from orchestrator.tracking.metrics import MetricsCallback
 
 
 @dataclass
@@ -80,9 +83,9 @@ class FinetuneResult:
         return out
 
 
-def finetune(settings: FinetuneSettings, callbacks: Sequence[ray.train.UserCallback] = ()) -> FinetuneResult:
+def finetune(settings: FinetuneSettings) -> FinetuneResult:
     """Fine-tune `settings.model` (see the module docstring); a UserError for bad input, before any
-    worker starts. `callbacks` join every seed's fit (Ray Train callbacks)."""
+    worker starts."""
     settings.validate()
     settings = settings.absolute()
     loaded = load_model(settings.model, settings.tokenizer, device="cpu")
@@ -103,18 +106,8 @@ def finetune(settings: FinetuneSettings, callbacks: Sequence[ray.train.UserCallb
     warmup_steps = math.ceil(settings.warmup_share * total_steps)
     _say_plan(settings, data, steps_per_epoch, total_steps, warmup_steps)
 
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
-    os.environ.setdefault(PRESTART_WORKERS_ENV_VAR, "0")  # a new local Ray: no idle workers that none takes
-    local_ray.init_ray(log_to_driver=True)
-    start_autoscaling_coordinator()
-    scaling = ScalingConfig(
-        num_workers=settings.num_workers,
-        use_gpu=settings.use_gpu,
-        cpus_per_worker=settings.cpus_per_worker,
-        data_cpus=0.0,  # the data is in the object store: no Ray Data
-    )
-    check_resources(scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    in_process = settings.num_workers == 0
+    scaling = _scaling(settings) if in_process else _start_ray(settings)
 
     model_config = loaded.model.config
     if settings.dropout is not None:
@@ -123,7 +116,8 @@ def finetune(settings: FinetuneSettings, callbacks: Sequence[ray.train.UserCallb
     plan = RunPlan(
         batch, total_steps, steps_per_epoch, model_config, model_config.pad_token_id, max_seq_length
     )
-    data_ref, encoder_ref = ray.put(data), ray.put(loaded.model.bert.state_dict())
+    encoder = loaded.model.bert.state_dict()
+    data_ref, encoder_ref = (data, encoder) if in_process else (ray.put(data), ray.put(encoder))
     out = FinetuneDir(settings.out)
     mlflow = MlflowConfig(enabled=settings.mlflow_enabled, tracking_uri=settings.tracking_uri)
     run_name = f"finetune {os.path.basename(settings.out)}"
@@ -144,7 +138,7 @@ def finetune(settings: FinetuneSettings, callbacks: Sequence[ray.train.UserCallb
                 data=data_ref,
                 encoder=encoder_ref,
             )
-            best = fit_seed(run, tracker, callbacks)
+            best = fit_seed(run, tracker, in_process)
             per_seed.append({"seed": seed, "epoch": best["epoch"], **best["scores"]})
             predictions[seed] = best["predictions"]
             say(f"seed {seed}: best epoch {best['epoch']}: {_scores_text(best['scores'])}")
@@ -196,19 +190,18 @@ def finetune(settings: FinetuneSettings, callbacks: Sequence[ray.train.UserCallb
     return result
 
 
-def fit_seed(
-    run: FinetuneRun, tracker: FinetuneTracker, callbacks: Sequence[ray.train.UserCallback]
-) -> dict[str, Any]:
+def fit_seed(run: FinetuneRun, tracker: FinetuneTracker, in_process: bool) -> dict[str, Any]:
     """One seed's Ray Train fit, recorded in its own nested MLflow run; its best epoch, scores and
     predictions."""
     storage.remove_dir(run.dir.path)  # a new fit: nothing of an earlier call in the way
     seed = run.config.train.seed
     child_id, callback = tracker.child(seed, run.dir)
     try:
-        trainer = build_trainer(
-            run, [callback, StopOnUserError(), *callbacks], loop=finetune_worker, ray_data=False
-        )
-        result = fit(trainer, run.dir)
+        if in_process:
+            result = _fit_in_process(run, callback)
+        else:
+            callbacks = [c for c in (callback, StopOnUserError()) if c is not None]
+            result = fit(build_trainer(run, callbacks, loop=finetune_worker, ray_data=False), run.dir)
     except (KeyboardInterrupt, SystemExit):
         tracker.end(child_id, "KILLED")
         raise
@@ -222,12 +215,54 @@ def fit_seed(
     return best
 
 
+def _fit_in_process(run: FinetuneRun, callback: MetricsCallback | None) -> ray.train.Result:
+    """Ray Train's local mode: the one worker runs in this process, and its reports go straight to the
+    seed's MLflow callback (no controller runs callbacks there)."""
+
+    def on_report(metrics: dict[str, Any], checkpoint: ray.train.Checkpoint | None) -> None:
+        if callback is not None:
+            callback.send(metrics, checkpoint)
+
+    run = dataclasses.replace(run, on_report=on_report)
+    try:
+        return fit(build_trainer(run, [], loop=finetune_worker, ray_data=False, in_process=True), run.dir)
+    finally:
+        if callback is not None:
+            callback.close()
+
+
+def _start_ray(settings: FinetuneSettings) -> ScalingConfig:
+    """Ray for the workers (a new local one unless RAY_ADDRESS names a cluster), checked for their room."""
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
+    os.environ.setdefault(PRESTART_WORKERS_ENV_VAR, "0")  # a new local Ray: no idle workers that none takes
+    local_ray.init_ray(log_to_driver=True)
+    start_autoscaling_coordinator()
+    scaling = _scaling(settings)
+    check_resources(scaling, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    return scaling
+
+
+def _scaling(settings: FinetuneSettings) -> ScalingConfig:
+    """The workers' section of train/'s config, with no CPUs kept for Ray Data (the sets go through the
+    object store). In process: one worker, with the threads torch would use."""
+    in_process = settings.num_workers == 0
+    if in_process and settings.use_gpu and not torch.cuda.is_available():
+        raise UserError("--gpu with --num-workers 0: torch sees no CUDA GPU in this process")
+    return ScalingConfig(
+        num_workers=max(settings.num_workers, 1),
+        use_gpu=settings.use_gpu,
+        cpus_per_worker=settings.cpus_per_worker,
+        threads_per_worker=torch.get_num_threads() if in_process else 1,
+        data_cpus=0.0,
+    )
+
+
 def _plan_batches(settings: FinetuneSettings) -> BatchPlan:
     """train/'s split of the global batch over the workers, its messages in this command's flags."""
     try:
-        return plan_batches(
-            settings.batch_size, settings.micro_batch_size or settings.batch_size, settings.num_workers
-        )
+        workers = max(settings.num_workers, 1)
+        return plan_batches(settings.batch_size, settings.micro_batch_size or settings.batch_size, workers)
     except UserError as error:
         message = str(error).replace("train.global_batch_size", "--batch-size")
         raise UserError(message.replace("train.micro_batch_size", "--micro-batch-size")) from None
@@ -266,7 +301,7 @@ def _for_seed(job: JobConfig, seed: int, out: FinetuneDir) -> JobConfig:
 def export_final(out: FinetuneDir, seed: int, tokenizer_dir: str) -> None:
     """Seed `seed`'s best model (HF format) into `out/final/`, with the tokenizer files."""
     storage.remove_dir(out.final)
-    storage.copy_dir(storage.join(out.seed(seed).path, "best"), out.final)
+    storage.copy_dir(storage.join(out.seed(seed).path, BEST_DIR), out.final)
     storage.remove_file(storage.join(out.final, RESULT_FILE))
     for name in TOKENIZER_FILES:
         source = storage.join(tokenizer_dir, name)
@@ -291,10 +326,14 @@ def _say_plan(
                 f"than {data.max_seq_length} tokens and were cut"
             )
     say(
-        f"  {settings.epochs} epochs x {steps_per_epoch} steps of {settings.batch_size} examples over "
-        f"{settings.num_workers} worker(s); AdamW lr {settings.lr:g}, linear warmup {warmup} steps "
+        f"  {settings.epochs} epochs x {steps_per_epoch} steps of {settings.batch_size} examples "
+        f"{_workers_text(settings.num_workers)}; AdamW lr {settings.lr:g}, linear warmup {warmup} steps "
         f"({settings.warmup_share:.0%} of {total_steps}) then linear decay; {seeds}."
     )
+
+
+def _workers_text(num_workers: int) -> str:
+    return f"over {num_workers} worker(s)" if num_workers else "in this process"
 
 
 def _names(names: list[str]) -> str:

@@ -14,7 +14,9 @@ Output folder layout (`FinetuneDir`):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -25,6 +27,13 @@ from orchestrator.config import JobConfig
 from orchestrator.run import RunPlan
 from orchestrator.run_dir import RunDir
 
+if TYPE_CHECKING:
+    import ray.train
+
+    from data.labelled import LabelledData
+
+BEST_DIR = "best"
+"""In a seed's folder: its best epoch's model (the checkpoint of its last report)."""
 RESULT_FILE = "finetune_result.json"
 """In a seed's best checkpoint: its epoch, scores and eval predictions."""
 SUMMARY_FILE = "finetune.json"
@@ -58,6 +67,7 @@ class FinetuneSettings:
     """Hidden and attention dropout; None: the model's own (BERT's 0.1)."""
     log_every: int = 10
     num_workers: int = 1
+    """Ray Train workers (DDP ranks); 0: the fit runs in this process (Ray Train's local mode, no Ray)."""
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     tokenizer: str | None = None
@@ -76,7 +86,6 @@ class FinetuneSettings:
             "--micro-batch-size": self.micro_batch_size,
             "--max-seq-length": self.max_seq_length,
             "--seeds": self.seeds,
-            "--num-workers": self.num_workers,
             "--log-every": self.log_every,
             "--cpus-per-worker": self.cpus_per_worker,
         }
@@ -85,6 +94,8 @@ class FinetuneSettings:
                 raise UserError(f"{flag} must be positive, got {value}")
         if self.max_seq_length < 3:
             raise UserError(f"--max-seq-length must hold [CLS], a token and [SEP], got {self.max_seq_length}")
+        if self.num_workers < 0:
+            raise UserError(f"--num-workers must be >= 0 (0: in this process), got {self.num_workers}")
         if self.first_seed < 0:
             raise UserError(f"--first-seed must be >= 0, got {self.first_seed}")
         if self.lr < 0:
@@ -132,7 +143,14 @@ class FinetuneRun:
     dir: RunDir
     plan: RunPlan
     epochs: int
-    data: ray.ObjectRef
-    """The `LabelledData` (tokenized train and eval sets, task, labels)."""
-    encoder: ray.ObjectRef
+    data: ray.ObjectRef | LabelledData
+    """The `LabelledData` (tokenized train and eval sets, task, labels); in process, the object itself."""
+    encoder: ray.ObjectRef | dict
     """The pretrained encoder's state dict (`BertModel`, `bert.` prefix stripped)."""
+    on_report: Callable[[dict[str, Any], ray.train.Checkpoint | None], None] | None = None
+    """In process only (`--num-workers 0`, Ray Train's local mode, where no controller runs Ray Train's
+    callbacks): what each report's metrics and checkpoint go to."""
+
+    @property
+    def in_process(self) -> bool:
+        return self.on_report is not None

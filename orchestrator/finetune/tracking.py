@@ -95,11 +95,10 @@ class FinetuneTracker:
         return run_link(self.tracking_uri, self.experiment_id, self.run_id) if self.run_id else ""
 
     def child(self, seed: int, run_dir: RunDir) -> tuple[str, Any]:
-        """(child run id, the Ray Train callback that logs the seed's curves to it)."""
+        """(child run id, the Ray Train callback that logs the seed's curves to it); ("", None) with
+        tracking off."""
         if not self.run_id:
-            from ray.train import UserCallback
-
-            return "", UserCallback()
+            return "", None
         child = self._client.create_run(
             self.experiment_id, run_name=f"seed {seed}", tags={PARENT_TAG: self.run_id, "seed": str(seed)}
         )

@@ -31,12 +31,13 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from common import storage
 from common.batch import IGNORE_INDEX
 from common.console import say
 from data import batch_slices
 from model import family_of
 from orchestrator.finetune.metrics import PRIMARY, scores
-from orchestrator.finetune.run import RESULT_FILE, FinetuneRun
+from orchestrator.finetune.run import BEST_DIR, RESULT_FILE, FinetuneRun
 from orchestrator.run import plan_batches
 from orchestrator.train.checkpoints import Trainables
 from orchestrator.train.optim import build_optimizer, build_scheduler
@@ -78,11 +79,11 @@ class FinetuneWorker:
         self.run = run
         config = run.config
         self.rank, self.world_size, self.device = worker_placement(config.scaling)
-        self.data = ray.get(run.data)
+        self.data = _value(run.data)
         torch.manual_seed(config.train.seed)  # the same head initialisation on every rank
         self.classifier_class = family_of(run.plan.model).classifier_class
         self.model = self.classifier_class(run.plan.model, self.data.num_labels)
-        self.model.bert.load_state_dict(ray.get(run.encoder))
+        self.model.bert.load_state_dict(_value(run.encoder))
         self.model.to(self.device)
         optimizer = build_optimizer(self.model, config.optim)
         self.trainables = Trainables(
@@ -154,7 +155,7 @@ class FinetuneWorker:
         if self.rank == 0:
             say(progress_line(metrics, self.run))
         if not (evaluate and epoch == self.run.epochs):
-            ray.train.report(metrics)
+            self.publish(metrics)
             return
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
@@ -163,7 +164,19 @@ class FinetuneWorker:
                 metrics["best/epoch"] = self.best["epoch"]
                 self.save_best(Path(directory))
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name="best")
+            self.publish(metrics, checkpoint)
+
+    def publish(self, metrics: dict[str, Any], checkpoint: ray.train.Checkpoint | None = None) -> None:
+        """`ray.train.report`. In process (Ray Train's local mode) no controller stores the checkpoint in
+        the seed's folder, as Ray Train does, or runs the callbacks: done here."""
+        if self.run.in_process and checkpoint is not None:
+            stored = storage.join(self.run.dir.path, BEST_DIR)
+            storage.remove_dir(stored)
+            storage.copy_dir(checkpoint.path, stored)
+            checkpoint = ray.train.Checkpoint(stored)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=BEST_DIR)
+        if self.run.on_report is not None:
+            self.run.on_report(metrics, checkpoint)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Score the eval set (each rank its slice); rank 0 keeps the weights of the best epoch so far."""
@@ -203,6 +216,11 @@ class FinetuneWorker:
         model.save_hf(directory, self.data.label_names)
         result = {k: self.best[k] for k in ("epoch", "scores", "predictions")}
         (directory / RESULT_FILE).write_text(json.dumps(result) + "\n")
+
+
+def _value(value: Any) -> Any:
+    """What the driver handed over: through Ray's object store, or in process the object itself."""
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
 def epoch_permutation(rows: int, seed: int, epoch: int) -> np.ndarray:

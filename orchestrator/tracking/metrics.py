@@ -176,8 +176,10 @@ class MetricsCallback(ControllerCallback, ReportCallback):
 
     def after_report(self, training_report: Any, metrics: list[dict[str, Any]]) -> None:
         """Ray Train hook: all workers reported; rank 0's dict holds the global numbers and "step"."""
-        reported = metrics[0] if metrics else {}
-        checkpoint = training_report.checkpoint
+        self.send(metrics[0] if metrics else {}, training_report.checkpoint)
+
+    def send(self, reported: dict[str, Any], checkpoint: Any) -> None:
+        """Queue one report's metrics (and its checkpoint's URI as a tag) for the MLflow run."""
         tags = {CHECKPOINT_TAG: checkpoint_uri(checkpoint)} if checkpoint else {}
         metrics_now = report_metrics(reported, int(time.time() * 1000))
         to_send = [m for m in metrics_now if m.step > self.last_logged_steps.get(m.key, -1)]

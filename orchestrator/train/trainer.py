@@ -15,7 +15,11 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from common.ray_internals import HEALTH_CHECK_INTERVAL_S_ENV_VAR, torch_trainer_without_ray_data
+from common.ray_internals import (
+    HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+    quiet_local_mode,
+    torch_trainer_without_ray_data,
+)
 from orchestrator.run import Run
 from orchestrator.run_dir import RunDir
 from orchestrator.tracking.system_metrics import SystemMetricsTarget
@@ -29,6 +33,7 @@ def build_trainer(
     system_metrics: SystemMetricsTarget | None = None,
     loop: Callable[[dict], None] = train_worker,
     ray_data: bool = True,
+    in_process: bool = False,
 ) -> TorchTrainer:
     """Ray Train gets no datasets: each worker builds and executes its own Ray Data stream from the run's
     splits and the position of the checkpoint it resumes from, which only it knows (a DataConfig would build
@@ -38,7 +43,9 @@ def build_trainer(
     `system_metrics`: where each node's first worker sends its node's system metrics. `loop` is what every
     rank runs with {"run": run, "system_metrics": ...}; fine-tuning passes its own worker and run, which has
     the same `config` (scaling, checkpoint) and `dir`. `ray_data=False`: the workers use no Ray Data (the
-    fine-tuning sets come through the object store): no DatasetManager actor of Ray Train's for them."""
+    fine-tuning sets come through the object store): no DatasetManager actor of Ray Train's for them.
+    `in_process`: Ray Train's local mode (`num_workers=0`): `loop` runs once, in this process, with no Ray
+    cluster; Ray Train then runs no callbacks."""
     scaling = run.config.scaling
     # Ray Train's controller polls the workers every 2 s, and a worker's report waits until the controller
     # has read its previous one: with a report every few steps that wait is most of a short run. Poll more
@@ -46,12 +53,14 @@ def build_trainer(
     poll_s = max(0.1, scaling.num_workers / 1000)
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, f"{poll_s:g}")
     checkpoint = run.config.checkpoint
+    if in_process:
+        quiet_local_mode()
     trainer_class = TorchTrainer if ray_data else torch_trainer_without_ray_data
     return trainer_class(
         loop,
         train_loop_config={"run": run, "system_metrics": system_metrics},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=ray_worker_count(scaling, ray.cluster_resources()),
+            num_workers=0 if in_process else ray_worker_count(scaling, ray.cluster_resources()),
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
             elastic_resize_monitor_interval_s=scaling.elastic_check_s,

@@ -61,7 +61,8 @@ def worker_placement(scaling: ScalingConfig) -> tuple[int, int, torch.device]:
     kept off the console: what every worker loop does first."""
     quiet_ray_console()
     context = ray.train.get_context()
-    device = ray.train.torch.get_device()
+    # Ray Train's local mode (the loop in the driver's process) takes a GPU whenever torch sees one.
+    device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
     if device.type == "cpu":
         torch.set_num_threads(scaling.threads_per_worker)
     return context.get_world_rank(), context.get_world_size(), device

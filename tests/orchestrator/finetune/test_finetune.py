@@ -1,9 +1,10 @@
 """`bert-pretrain finetune` end to end, on the session's Ray and a real MLflow SQLite store: a tiny model
 learns a separable labelled set, the exported folder predicts through transformers' pipeline what finetune
-scored, 1 and 2 workers (dropout off, the same global batch) train alike, and MLflow holds a parent run in the
-pretraining run's experiment with a nested run per seed.
+scored, 1 and 2 workers (dropout off, the same global batch) and the fit in process (`--num-workers 0`) train
+alike, and MLflow holds a parent run in the pretraining run's experiment with a nested run per seed.
 
-Two fits of the command (one with two seeds): three Ray Train fits in all, shared by the tests.
+Three fits of the command (one with two seeds): three Ray Train fits on workers and one in process in all,
+shared by the tests.
 """
 
 from __future__ import annotations
@@ -109,6 +110,21 @@ def two_workers(ray_session, pretraining_run, labelled_set) -> dict:
     return finetune_cli(pretraining_run, labelled_set, "two", "--num-workers", "2", "--seeds", "2")
 
 
+@pytest.fixture(scope="module")
+def in_process(pretraining_run, labelled_set) -> dict:
+    return finetune_cli(pretraining_run, labelled_set, "in-process", "--num-workers", "0")
+
+
+def assert_same_steps(client: MlflowClient, run_id: str, other_run_id: str) -> None:
+    """The two runs' curves hold the same values at the same steps."""
+    for key in ("train/loss", "optim/grad_norm", "eval/accuracy", "eval/f1_macro"):
+        one = {m.step: m.value for m in client.get_metric_history(run_id, mlflow_metric_key(key))}
+        other = {m.step: m.value for m in client.get_metric_history(other_run_id, mlflow_metric_key(key))}
+        assert one and one.keys() == other.keys(), key
+        for step, value in one.items():
+            assert other[step] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, step)
+
+
 def test_a_tiny_model_learns_a_separable_set(one_worker):
     scores = one_worker["json"]
     assert set(scores) == {"accuracy", "f1_macro", "matthews"}
@@ -135,18 +151,26 @@ def test_the_exported_folder_predicts_through_the_pipeline_what_finetune_scored(
 def test_one_and_two_workers_train_alike(one_worker, two_workers, pretraining_run):
     """The same global batches, split over 1 or 2 ranks, give the same steps: the same losses and the same
     eval scores at every epoch (seed 0 of both)."""
-    client = MlflowClient(pretraining_run["tracking_uri"])
     one, two = one_worker["children"][0], two_workers["children"][0]
     assert one.data.tags["seed"] == two.data.tags["seed"] == "0"
-    for key in ("train/loss", "optim/grad_norm", "eval/accuracy", "eval/f1_macro"):
-        alone = {m.step: m.value for m in client.get_metric_history(one.info.run_id, mlflow_metric_key(key))}
-        split = {m.step: m.value for m in client.get_metric_history(two.info.run_id, mlflow_metric_key(key))}
-        assert alone and alone.keys() == split.keys(), key
-        for step, value in alone.items():
-            assert split[step] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, step)
+    assert_same_steps(MlflowClient(pretraining_run["tracking_uri"]), one.info.run_id, two.info.run_id)
     first_seed = two_workers["json"]["seeds"][0]
     for key in ("accuracy", "f1_macro", "matthews"):
         assert first_seed[key] == one_worker["json"][key]
+
+
+def test_in_process_trains_as_a_ray_train_worker(one_worker, in_process, pretraining_run):
+    """`--num-workers 0`: Ray Train's local mode, the fit in the command's own process, with the same steps,
+    the same curves in the seed's MLflow run, and the same best epoch exported."""
+    assert any("steps of 16 examples in this process; AdamW" in line for line in in_process["lines"])
+    [child] = in_process["children"]
+    assert child.info.status == "FINISHED"
+    client = MlflowClient(pretraining_run["tracking_uri"])
+    assert_same_steps(client, one_worker["children"][0].info.run_id, child.info.run_id)
+    assert in_process["json"] == pytest.approx(one_worker["json"])
+    assert in_process["summary"]["predictions"] == one_worker["summary"]["predictions"]
+    assert (in_process["out"] / "final" / "model.safetensors").is_file()
+    assert (in_process["out"] / "seed_0" / "best" / "model.safetensors").is_file()
 
 
 def test_several_seeds_report_each_and_the_median(two_workers):

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from data import load_tokenizer
 from data.labelled import Fields, load_labelled_data, read_labelled
@@ -90,6 +91,17 @@ def test_an_empty_split(labelled_set, tmp_path):
 def test_workers_that_do_not_divide_the_batch(labelled_set):
     line = finetune_error(labelled_set, "--batch-size", "15", "--num-workers", "2")
     assert "2 workers do not divide --batch-size=15" in line
+
+
+def test_a_negative_worker_count(labelled_set):
+    line = finetune_error(labelled_set, "--num-workers", "-1")
+    assert "--num-workers must be >= 0 (0: in this process), got -1" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only where torch sees no GPU")
+def test_a_gpu_in_process_where_there_is_none(labelled_set):
+    line = finetune_error(labelled_set, "--num-workers", "0", "--gpu")
+    assert "--gpu with --num-workers 0: torch sees no CUDA GPU in this process" in line
 
 
 def test_a_negative_first_seed(labelled_set):
