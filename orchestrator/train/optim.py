@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
+import torch.optim.adam as torch_adam
+import torch.optim.adamw as torch_adamw
 from torch import nn
 
 from orchestrator.config import OptimConfig
@@ -37,7 +40,38 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
         return Lamb(groups, lr=config.lr, betas=betas, eps=config.eps)
     if config.name == "stableadamw":
         return StableAdamW(groups, lr=config.lr, betas=betas, eps=config.eps)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps, fused=True)
+    return AdamW(groups, lr=config.lr, betas=betas, eps=config.eps, fused=True)
+
+
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW, without importing torch._dynamo (about a second of CPU in every process that trains).
+
+    torch.optim guards its methods against being traced by torch.compile: a lazy `torch._dynamo.disable`
+    around them, and a graph break in `step`, each importing torch._dynamo on its first call. Nothing here
+    compiles an optimizer, so the guards change nothing but that import: the wrapped functions are marked as
+    their own disabled form (the wrapper's cache, which it then calls directly), and `step` is torch's own
+    under no_grad without the graph break. With a torch that wraps them differently, torch's step is used."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        _skip_dynamo_guards()
+        super().__init__(*args, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        unguarded = getattr(torch.optim.AdamW.step, "__wrapped__", None)
+        return unguarded(self, closure) if unguarded is not None else super().step(closure)
+
+
+def _skip_dynamo_guards() -> None:
+    guarded = [getattr(torch_adam, "adam", None), getattr(torch_adamw, "adamw", None)]
+    guarded += [getattr(torch.optim.Optimizer, name) for name in _GUARDED_METHODS]
+    for wrapper in guarded:
+        function = getattr(wrapper, "__wrapped__", None)
+        if function is not None:
+            function.__dynamo_disable = function
+
+
+_GUARDED_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 
 
 def build_scheduler(

@@ -4,13 +4,15 @@ torch's fused one. (Their checkpoint round trips: test_parts.)"""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import torch
 from torch.testing import assert_close
 
 from model import BertConfig, BertForPreTraining
 from orchestrator.config import OptimConfig
-from orchestrator.train.optim import Lamb, StableAdamW, build_optimizer
+from orchestrator.train.optim import AdamW, Lamb, StableAdamW, build_optimizer, parameter_groups
 
 
 @torch.no_grad()
@@ -73,6 +75,47 @@ def test_adamw_is_the_fused_implementation():
     optimizer = build_optimizer(model, OptimConfig(name="adamw"))
     assert isinstance(optimizer, torch.optim.AdamW)
     assert all(group["fused"] for group in optimizer.param_groups)
+
+
+def test_adamw_steps_exactly_as_torchs_and_leaves_torch_dynamo_unimported():
+    """Ours is torch's fused AdamW without the compile guards: the same weights and state, bit for bit,
+    after steps with a schedule and a state_dict round trip, and torch._dynamo never imported (a fresh
+    process, as a worker is)."""
+    config = OptimConfig(name="adamw", lr=1e-2, weight_decay=0.01)
+    runs = []
+    for optimizer_class in (AdamW, torch.optim.AdamW):
+        torch.manual_seed(0)
+        model = BertForPreTraining(BertConfig.from_preset("tiny", vocab_size=64, num_hidden_layers=1))
+        groups = parameter_groups(model, config.weight_decay)
+        optimizer = optimizer_class(groups, lr=config.lr, eps=config.eps, fused=True)
+        optimizer.load_state_dict(optimizer.state_dict())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (step + 1))
+        for step in range(4):
+            torch.manual_seed(step)
+            ids = torch.randint(5, 64, (2, 8))
+            model(ids, mlm_labels=ids, next_sentence_label=torch.tensor([0, 1])).loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        runs.append((list(model.parameters()), optimizer.state_dict()))
+    (ours, our_state), (torchs, torch_state) = runs
+    assert all(torch.equal(a, b) for a, b in zip(ours, torchs, strict=True))
+    assert our_state["param_groups"] == torch_state["param_groups"]
+    for index, state in torch_state["state"].items():
+        assert all(torch.equal(our_state["state"][index][key], value) for key, value in state.items())
+
+    script = (
+        "import sys, torch\n"
+        "from orchestrator.train.optim import build_optimizer\n"
+        "from orchestrator.config import OptimConfig\n"
+        "model = torch.nn.Linear(4, 4)\n"
+        "optimizer = build_optimizer(model, OptimConfig(name='adamw'))\n"
+        "model(torch.ones(1, 4)).sum().backward()\n"
+        "optimizer.step(); optimizer.zero_grad(); optimizer.load_state_dict(optimizer.state_dict())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def reference_stableadamw_step(params, states, lr, betas, eps, weight_decay) -> list[float]:
