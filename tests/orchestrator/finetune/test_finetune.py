@@ -204,3 +204,26 @@ def test_mlflow_parent_run_in_the_pretraining_experiment(one_worker, pretraining
     assert len(epochs) == 4  # one score an epoch
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "model")}
     assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json"} <= artifacts
+
+
+def test_in_process_writes_its_output_into_a_bucket(labelled_set, bucket):
+    """`--out` in a bucket: the seed's best epoch and final/ are written there, as Ray Train's storage
+    would hold them."""
+    from common import storage
+
+    out = f"{bucket}/finetuned"
+    argv = [
+        "finetune",
+        labelled_set["model"],
+        "--train",
+        labelled_set["train"],
+        "--eval",
+        labelled_set["eval"],
+    ]
+    argv += ["--out", out, "--epochs", "1", "--num-workers", "0", "--no-mlflow", "--json"]
+    code, lines = run_cli(argv)
+    assert code == 0, lines
+    for folder in ("final", "seed_0/best"):
+        assert storage.is_file(f"{out}/{folder}/model.safetensors"), folder
+    summary = json.loads(storage.read_text(f"{out}/finetune.json"))
+    assert summary["scores"] == json.loads(lines[-1])
