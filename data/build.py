@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,13 +49,17 @@ def eval_mask(document_keys: np.ndarray, seed: int, eval_fraction: float) -> np.
     return to_unit_float(combine(stream_key(seed, "eval-split"), document_keys)) < eval_fraction
 
 
-def build_units(units: list[WorkUnit], settings: BuildSettings, tokenizer_json: str):
+def build_units(
+    units: list[WorkUnit], settings: BuildSettings, tokenizer_json: str, stopped: Callable[[], bool]
+):
     """Ray task body: (statistics, training examples of all `units` in order, [held-out documents of each
-    unit])."""
+    unit]); (None, None, None) when `stopped()` (prepare is stopping), which is asked before each unit."""
     tokenizer = _cached_tokenizer(tokenizer_json)
     statistics = {"units": [], "train": empty_example_counts()}
     train_tables, held_out = [], []
     for unit in units:
+        if stopped():
+            return None, None, None
         documents, keys, new_document, unit_statistics = tokenize_unit(unit, settings, tokenizer)
         is_eval = eval_mask(keys, settings.seed, settings.eval_fraction)
         train = documents.select(~is_eval)

@@ -13,13 +13,15 @@
 
 Plain Ray tasks, not Ray Data: a dataset's blocks are not our units (Ray Data splits and fuses them by the
 cluster's size), and its sorts and joins cost per document (706 s for 12 MB of documentation files against
-about 10 s now). The staging directory is removed on any error or interrupt, after the tasks that could
-still write into it are cancelled; the previous prepared directory is replaced only once all is written.
+about 10 s now). On any error or interrupt the tasks are told to stop (`_Tasks.stop`: not `ray.cancel`,
+whose races kill Ray 2.60's driver) and, once they have, the staging directory is removed; the previous
+prepared directory is replaced only once all is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import posixpath
 import shutil
@@ -44,7 +46,7 @@ from data.tokenizer import copy_tokenizer, load_tokenizer, special_token_ids, to
 _FILL_WARNING = 0.70
 _NSP_TOLERANCE = 0.05
 _CANCEL_WAIT_S = 30.0
-_SETTLE_S = 0.5
+_STOP_FILE = ".stop"
 
 
 def prepare(
@@ -80,7 +82,7 @@ def prepare(
     started += time.perf_counter() - ray_started  # the elapsed time is the build's, not Ray's start-up
     base = out_dir if storage.is_uri(out_dir) else os.path.abspath(out_dir)
     staging = f"{base.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
-    tasks = _Tasks()
+    tasks = _Tasks(staging)
     try:
         copy_tokenizer(tokenizer_dir, storage.join(staging, TOKENIZER_DIR))
         counts, shards = _build_and_write(units, settings, tokenizer.to_str(), staging, config, tasks)
@@ -100,7 +102,7 @@ def prepare(
         with _interrupts_deferred():
             _publish(staging, out_dir)
     except BaseException:
-        tasks.cancel()
+        tasks.stop()
         raise
     finally:
         storage.remove_dir(staging)
@@ -130,8 +132,8 @@ def _build_and_write(
 
     groups = _groups(units, config.num_blocks)
     tokenizer_ref = ray.put(tokenizer_json)
-    build = ray.remote(num_returns=3)(build_units)
-    outputs = [build.remote(group, settings, tokenizer_ref) for group in groups]
+    build = tasks.remote(build_units, num_returns=3)
+    outputs = [build.remote(group, settings, tokenizer_ref, tasks.stopped) for group in groups]
     statistics = tasks.wait(
         [tasks.track(statistics_ref, train, held_out) for statistics_ref, train, held_out in outputs],
         "read, tokenize, build",
@@ -149,7 +151,7 @@ def _build_and_write(
     }
     if config.eval_fraction > 0:
         eval_units = _eval_units(groups, statistics, unit_bytes(sum(unit.nbytes for unit in units)))
-        build_eval = ray.remote(num_returns=2)(build_eval_unit)
+        build_eval = tasks.remote(build_eval_unit, num_returns=2)
         eval_outputs = []
         for index, members in enumerate(eval_units):
             group_indexes = sorted({group for group, _ in members})
@@ -215,14 +217,12 @@ def _shuffle_and_write(
 ) -> list[str]:
     """The split's examples (tables in the object store, with their row counts, in order) -> even shards in
     a seeded order over the whole split; the shard paths relative to the prepared directory."""
-    import ray
-
     from data.hashing import stream_key
 
     num_examples = sum(rows for _, rows in sources)
     sizes = shard_sizes(num_examples, config.examples_per_shard)
     bounds = [0, *np.cumsum(sizes).tolist()]
-    bucket = ray.remote(num_returns=len(sizes))(bucket_by_shard if len(sizes) > 1 else only_bucket)
+    bucket = tasks.remote(bucket_by_shard if len(sizes) > 1 else only_bucket, num_returns=len(sizes))
     seed = stream_key(config.seed, "shuffle", split)
     buckets, first = [], 0
     for table, rows in sources:
@@ -230,7 +230,7 @@ def _shuffle_and_write(
             refs = bucket.remote(table, first, num_examples, seed, bounds)
             buckets.append(refs if len(sizes) > 1 else [refs])
             first += rows
-    write = ray.remote(write_shard)
+    write = tasks.remote(write_shard)
     paths = [f"{split}/shard-{shard:05d}.parquet" for shard in range(len(sizes))]
     writes = [
         tasks.track(write.remote(storage.join(staging, path), bounds[shard], *[b[shard] for b in buckets]))
@@ -362,12 +362,42 @@ def _names(paths: list[str]) -> str:
     return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
-class _Tasks:
-    """The Ray tasks of one prepare: waited on with a progress line, cancelled on an error or Ctrl-C."""
+@dataclasses.dataclass(frozen=True)
+class _StopFile:
+    """The driver's signal to its tasks to stop: a file in the staging directory, which every node that writes
+    the shards can see (through `storage`, so in a bucket too). A task calls it, one look per unit of work."""
 
-    def __init__(self) -> None:
+    path: str
+
+    def __call__(self) -> bool:
+        return storage.exists(self.path)
+
+    def signal(self) -> None:
+        storage.write_text(self.path, "")
+
+
+class _Tasks:
+    """The Ray tasks of one prepare: started stoppable, waited on with a progress line, stopped on an error or
+    Ctrl-C."""
+
+    def __init__(self, staging: str) -> None:
+        self.stopped = _StopFile(storage.join(staging, _STOP_FILE))
         self.refs: list = []
         self.other_returns: dict = {}
+
+    def remote(self, body, num_returns: int = 1):
+        """`body` as a Ray task that returns None for each of its results, at once, if it starts after the
+        stop (a task that was still queued)."""
+        import ray
+
+        stopped = self.stopped  # not self, whose object references would travel with every task
+
+        def task(*args):
+            if stopped():
+                return None if num_returns == 1 else (None,) * num_returns
+            return body(*args)
+
+        return ray.remote(num_returns=num_returns)(task).options(name=body.__name__)
 
     def track(self, ref, *other_returns):
         """`ref` to wait on; `other_returns`, the other results of its task, are read only if it fails."""
@@ -376,44 +406,45 @@ class _Tasks:
         return ref
 
     def wait(self, refs: list, label: str, amounts: list[float] | None, what: str) -> list:
-        """The results of `refs`, printing one progress line (rewritten in place on a terminal)."""
+        """The results of `refs`, printing one progress line (rewritten in place on a terminal). A failed
+        task's error is raised as soon as it is known, so that the other tasks stop."""
         import ray
 
         amounts = amounts or [1.0] * len(refs)
         amount_of = dict(zip(refs, amounts, strict=True))
-        total, done, pending = sum(amounts), 0.0, list(refs)
+        total, done, pending, results = sum(amounts), 0.0, list(refs), {}
         started = time.perf_counter()
         while pending:
             ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            results.update(zip(ready, _results(ready), strict=True))  # small: statistics or row counts
             done += sum(amount_of[ref] for ref in ready)
             if sys.stdout.isatty():
                 say(f"\r  {label}: {_progress(done, total, what, started)}", end="")
-        try:
-            results = ray.get(refs)
-        except ray.exceptions.RayTaskError as error:
-            if isinstance(error.cause, DataError):
-                raise error.cause from None
-            raise
         say(f"\r  {label}: {_progress(done, total, what, started)}")
-        return results
+        return [results[ref] for ref in refs]
 
-    def cancel(self) -> None:
-        """Stop the tasks still running (they could write into the staging directory) and wait for them. The
-        error of a failed task is read from each of its results, else Ray prints it again for every one.
-
-        Ray 2.60's driver fails a check and dies at once, leaving the staging directory, when a task is
-        cancelled before Ray has resolved its arguments (just after it is submitted: a Ctrl-C as the shard
-        writers start), so the tasks first get a moment, in which many end. (It dies the same way when a task
-        is cancelled at the moment it completes, with or without force; that race is Ray's to fix.)"""
+    def stop(self) -> None:
+        """Stop the tasks still running or queued (they could write into the staging directory) and wait for
+        them: each returns at its next unit of work (`remote`, `build_units`), none is cancelled. Ray 2.60's
+        driver fails a check and dies at once, leaving the staging directory, when a task is cancelled before
+        its arguments are resolved or at the moment it completes. So only a task still running
+        `_CANCEL_WAIT_S` after the stop (a unit that takes longer, or a stop file that could not be written)
+        is force-cancelled, and waited on for as long again: that last resort cannot hang, and ends in those
+        races only when such a task completes just then. The error of a failed task is read from each of its
+        results, else Ray prints it again for every one."""
         import ray
 
-        with contextlib.suppress(Exception):
-            ray.wait(self.refs, num_returns=len(self.refs), timeout=_SETTLE_S, fetch_local=False)
-        for ref in self.refs:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
-        with contextlib.suppress(Exception):
-            ray.wait(self.refs, num_returns=len(self.refs), timeout=_CANCEL_WAIT_S)
+        pending = _unfinished(self.refs, 0)
+        if pending:
+            with contextlib.suppress(Exception):  # the fallback below still ends the tasks
+                self.stopped.signal()
+            pending = _unfinished(pending, _CANCEL_WAIT_S)
+        if pending:
+            warn(f"{len(pending)} task(s) running {_CANCEL_WAIT_S:.0f} s after the stop; cancelling them")
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            _unfinished(pending, _CANCEL_WAIT_S)
         for ref in self.refs:
             try:
                 ray.get(ref, timeout=0)  # small: statistics or a row count
@@ -421,6 +452,29 @@ class _Tasks:
                 for other in self.other_returns[ref]:
                     with contextlib.suppress(Exception):
                         ray.get(other, timeout=0)
+
+
+def _results(refs: list) -> list:
+    """The results of finished tasks; a task's DataError raised as it is (the user's error, without Ray's
+    wrapping)."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, DataError):
+            raise error.cause from None
+        raise
+
+
+def _unfinished(refs: list, timeout: float) -> list:
+    """Those of `refs` whose tasks have not finished within `timeout` seconds (all of them if Ray fails)."""
+    import ray
+
+    try:
+        return ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)[1]
+    except Exception:
+        return list(refs)
 
 
 def _progress(done: float, total: float, what: str, started: float) -> str:

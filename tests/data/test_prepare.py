@@ -281,25 +281,44 @@ def test_binary_and_empty_files_are_skipped_and_named(
         prepare([str(tmp_path / "corpus" / "image.bin")], tokenizer_dir, str(tmp_path / "out2"), config)
 
 
+@pytest.mark.parametrize("stage", ["read, tokenize, build", "shuffle and write train"])
 def test_interrupting_leaves_the_previous_data_and_nothing_half_written(
-    prepared_dir, corpus_file, tokenizer_dir, tmp_path, monkeypatch
+    stage, prepared_dir, corpus_file, tokenizer_dir, tmp_path, monkeypatch
 ):
+    """Ctrl-C as the stage's tasks start: they stop (those still queued return at once, without their work),
+    the staging directory goes and the previous data stays."""
     prepare_module = importlib.import_module("data.prepare")  # `data.prepare` is also the function
     out = tmp_path / "out"
     prepare([corpus_file], tokenizer_dir, str(out), TEST_PREPARE)
     before = {path: (out / path).read_bytes() for path in storage.list_files(str(out))}
-    wait = prepare_module._Tasks.wait
+    wait, interrupted_tasks = prepare_module._Tasks.wait, []
 
     def interrupted(self, refs, label, *args):
-        if label.startswith("shuffle"):  # the shard writers are running
+        if label == stage:
+            interrupted_tasks.extend(refs)
             raise KeyboardInterrupt
         return wait(self, refs, label, *args)
 
     monkeypatch.setattr(prepare_module._Tasks, "wait", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with small_units(), pytest.raises(KeyboardInterrupt):  # about 20 build tasks on 2 CPUs
         prepare([corpus_file], tokenizer_dir, str(out), dataclasses.replace(TEST_PREPARE, seed=1))
+    assert None in ray.get(interrupted_tasks)  # stopped, not cancelled: that would raise here
     assert {path: (out / path).read_bytes() for path in storage.list_files(str(out))} == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_task_that_starts_after_the_stop_returns_at_once(ray_session, tmp_path):
+    """prepare stops its tasks with a file in the staging directory, which each looks for before its work."""
+    prepare_module = importlib.import_module("data.prepare")
+    staging = tmp_path / "out.partial"
+    tasks = prepare_module._Tasks(str(staging))
+    write = tasks.remote(write_shard)
+    table = pa.table({"example_id": [0], "input_ids": [[2, 3]], "token_type_ids": [[0, 0]]})
+    table = table.append_column("next_sentence_label", pa.array([0], pa.int8()))
+    assert ray.get(write.remote(str(staging / "before.parquet"), 0, table)) == 1
+    tasks.stopped.signal()
+    assert ray.get(write.remote(str(staging / "after.parquet"), 0, table)) is None
+    assert sorted(os.listdir(staging)) == [".stop", "before.parquet"]
 
 
 def _rows_missing_text(path) -> str:
