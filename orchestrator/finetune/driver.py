@@ -3,8 +3,9 @@
 Everything that can be wrong with the input is refused first, before Ray Train starts: the settings, the
 model folder, the labelled sets (`data.labelled`), the split of the global batch over the
 workers (train/'s `plan_batches`) and the cluster's room for them (train/'s `check_resources`). Then one
-Ray Train fit per seed, through train/'s `build_trainer` and `fit` with the fine-tuning worker; the best
-seed's best epoch is exported with the tokenizer to `OUT/final/`, and `OUT/finetune.json` records the scores.
+Ray Train fit per seed, through train/'s `build_trainer` and `fit` with the fine-tuning worker (with
+`--num-workers 0` Ray Train's local mode: the worker in this process, and no Ray started); the best seed's
+best epoch is exported with the tokenizer to `OUT/final/`, and `OUT/finetune.json` records the scores.
 """
 
 from __future__ import annotations
