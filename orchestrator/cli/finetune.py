@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Ray Train workers (DDP ranks); 0: the fit in this process, no Ray (Ray Train's local mode)",
     )
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
+    parser.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) per worker (default 1)"
+    )
     parser.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_HELP)
     parser.add_argument(
         "--tracking-uri",

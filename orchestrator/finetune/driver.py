@@ -246,7 +246,8 @@ def _start_ray(settings: FinetuneSettings) -> ScalingConfig:
 
 def _scaling(settings: FinetuneSettings) -> ScalingConfig:
     """The workers' section of train/'s config, with no CPUs kept for Ray Data (the sets go through the
-    object store). In process: one worker, with the threads torch would use."""
+    object store): a worker runs as many torch threads as it holds CPUs. In process: one worker, with the
+    threads torch would use (the machine's cores)."""
     in_process = settings.num_workers == 0
     if in_process and settings.use_gpu and not torch.cuda.is_available():
         raise UserError("--gpu with --num-workers 0: torch sees no CUDA GPU in this process")
@@ -254,7 +255,7 @@ def _scaling(settings: FinetuneSettings) -> ScalingConfig:
         num_workers=max(settings.num_workers, 1),
         use_gpu=settings.use_gpu,
         cpus_per_worker=settings.cpus_per_worker,
-        threads_per_worker=torch.get_num_threads() if in_process else 1,
+        threads_per_worker=torch.get_num_threads() if in_process else max(1, int(settings.cpus_per_worker)),
         data_cpus=0.0,
     )
 
