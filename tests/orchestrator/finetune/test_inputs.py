@@ -282,3 +282,16 @@ def test_sets_in_a_bucket_read_as_local_ones(labelled_set, tokenizer, bucket, tm
         assert np.array_equal(getattr(local, split).ids, getattr(remote, split).ids)
         assert np.array_equal(getattr(local, split).labels, getattr(remote, split).labels)
     assert read_labelled(f"{bucket}/hf", Fields()).texts == rows["text"]
+
+
+def test_a_worker_runs_as_many_threads_as_it_has_cpus():
+    from orchestrator.finetune.driver import _scaling
+    from orchestrator.finetune.run import FinetuneSettings
+
+    def threads(**flags) -> int:
+        return _scaling(FinetuneSettings(model="m", train="t", eval="e", out="o", **flags)).threads_per_worker
+
+    assert threads() == 1
+    assert threads(num_workers=2, cpus_per_worker=4) == 4
+    assert threads(cpus_per_worker=0.5) == 1
+    assert threads(num_workers=0) == torch.get_num_threads()
