@@ -59,8 +59,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR
-
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 LABELS, PER_LABEL = 20, 500
@@ -326,14 +324,8 @@ def _python_path() -> str:
 def _run_timed(command: list[str], started: float) -> tuple[str, float | None]:
     """Run `command`, reading its output as it comes; the output and when the first progress line came."""
     # Its own new local Ray, as on a machine where no `ray start` runs: without RAY_ADDRESS=local it joins
-    # any Ray cluster that is running here (another job's, whose end then ends this run); the preemption
-    # watcher off, as the driver sets it for a local Ray.
-    env = {
-        **os.environ,
-        "PYTHONPATH": _python_path(),
-        "RAY_ADDRESS": "local",
-        ENABLE_PREEMPTION_WATCHER_ENV_VAR: "0",
-    }
+    # any Ray cluster that is running here (another job's, whose end then ends this run).
+    env = {**os.environ, "PYTHONPATH": _python_path(), "RAY_ADDRESS": "local"}
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
     )

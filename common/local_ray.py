@@ -31,6 +31,7 @@ def init_ray(**kwargs: Any) -> None:
     import ray
 
     from common.ray_internals import (
+        ENABLE_PREEMPTION_WATCHER_ENV_VAR,
         names_a_cluster,
         quiet_token_auth_notice,
         single_machine_mode,
@@ -47,6 +48,9 @@ def init_ray(**kwargs: Any) -> None:
         if names_a_cluster(kwargs.get("address")):
             ray.init(**kwargs)
             return
+        # A new local Ray's node is never drained: no Ray Train preemption watcher (an actor less to start,
+        # and no error line from Ray about its restart arguments).
+        os.environ.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
         with single_machine_mode(), _gcs_port() as port:
             if kwargs.get("include_dashboard") is not False:
                 kwargs["runtime_env"] = _with_address(kwargs.get("runtime_env"), f"127.0.0.1:{port}")

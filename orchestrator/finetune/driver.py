@@ -26,7 +26,6 @@ from common import local_ray, storage
 from common.console import say
 from common.errors import Interrupted, UserError
 from common.ray_internals import (
-    ENABLE_PREEMPTION_WATCHER_ENV_VAR,
     PRESTART_WORKERS_ENV_VAR,
     start_autoscaling_coordinator,
 )
@@ -234,8 +233,6 @@ def _fit_in_process(run: FinetuneRun, callback: MetricsCallback | None) -> ray.t
 
 def _start_ray(settings: FinetuneSettings) -> ScalingConfig:
     """Ray for the workers (a new local one unless RAY_ADDRESS names a cluster), checked for their room."""
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
     os.environ.setdefault(PRESTART_WORKERS_ENV_VAR, "0")  # a new local Ray: no idle workers that none takes
     local_ray.init_ray(log_to_driver=True)
     start_autoscaling_coordinator()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ import data
 from common import local_ray, storage
 from common.console import say
 from common.errors import Interrupted, InvalidSetting, UserError
-from common.ray_internals import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from common.redact import redact
 from data.manifest import MANIFEST_FILE
 from model import EncoderConfig
@@ -105,9 +103,6 @@ def _train(config: JobConfig, run_dir: RunDir, callbacks: Sequence[ray.train.Use
             "missing), or --init-from a model that holds its own tokenizer"
         )
     check_sequence_length(config, donor)
-    if not os.environ.get("RAY_ADDRESS"):
-        # A local Ray's node is never drained: no preemption watcher (one actor less to start, no error line).
-        os.environ.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
     local_ray.init_ray(log_to_driver=True)
     batch = plan_batches(
         config.train.global_batch_size,

@@ -53,8 +53,9 @@ def trained(tmp_path_factory) -> dict:
     )
     recipe = root / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(job.to_dict()))
-    env = {key: os.environ[key] for key in os.environ if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {key: os.environ[key] for key in os.environ if key != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(REPO)
+    env["RAY_ADDRESS"] = "local"  # a new local Ray, as without RAY_ADDRESS, asked for as a user may ask
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "train", "--config", str(recipe)],
         cwd=root,
@@ -93,6 +94,8 @@ def test_the_console_has_our_lines_only_and_the_run_address_twice(trained):
     assert "Traceback" not in console  # Ray Train's placement group cleaner finds this Ray among others
     for framework_line in ("Started a local Ray instance", "Token authentication", "View the dashboard"):
         assert framework_line not in console
+    ray_core_line = r"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\]"  # Ray's C++ log format
+    assert not re.search(ray_core_line, console, re.MULTILINE), console
     assert re.search(r"^step 12/12  \|  loss ", console, re.MULTILINE)
 
 
