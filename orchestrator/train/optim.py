@@ -62,6 +62,9 @@ class AdamW(torch.optim.AdamW):
         return unguarded(self, closure) if unguarded is not None else super().step(closure)
 
 
+_GUARDED_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
 def _skip_dynamo_guards() -> None:
     guarded = [getattr(torch_adam, "adam", None), getattr(torch_adamw, "adamw", None)]
     guarded += [getattr(torch.optim.Optimizer, name) for name in _GUARDED_METHODS]
@@ -69,9 +72,6 @@ def _skip_dynamo_guards() -> None:
         function = getattr(wrapper, "__wrapped__", None)
         if function is not None:
             function.__dynamo_disable = function
-
-
-_GUARDED_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 
 
 def build_scheduler(
