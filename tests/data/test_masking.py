@@ -130,7 +130,9 @@ def test_stream_rows_and_torch_batches(prepared_dir, examples, vocab):
     assert sorted(map(_row_key, regrouped.take_all())) == sorted(map(_row_key, rows))
 
     collate = make_collate_fn(MaskingConfig(), 64)
-    batch = next(iter(dataset.iter_torch_batches(batch_size=16, collate_fn=collate)))
+    # Whole streams, read to their end: a stream left early has Ray Data cancel its tasks, and a task
+    # cancelled as it completes can kill Ray 2.60's driver (here, pytest).
+    batch = list(dataset.iter_torch_batches(batch_size=16, collate_fn=collate))[0]
     assert set(batch) == {
         "input_ids",
         "token_type_ids",
@@ -146,7 +148,7 @@ def test_stream_rows_and_torch_batches(prepared_dir, examples, vocab):
     padding = batch["attention_mask"] == 0
     assert (batch["input_ids"][padding] == 0).all() and (batch["mlm_labels"][padding] == IGNORE_INDEX).all()
     full = make_collate_fn(MaskingConfig(pad_to="max_length"), 64)
-    assert next(iter(dataset.iter_torch_batches(batch_size=4, collate_fn=full)))["input_ids"].shape == (4, 64)
+    assert list(dataset.iter_torch_batches(batch_size=4, collate_fn=full))[0]["input_ids"].shape == (4, 64)
 
 
 def test_a_shard_is_cut_into_exact_batches_that_pad_like_the_collate_fn(prepared_dir):
