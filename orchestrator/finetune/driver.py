@@ -106,8 +106,7 @@ def finetune(settings: FinetuneSettings) -> FinetuneResult:
     warmup_steps = math.ceil(settings.warmup_share * total_steps)
     _say_plan(settings, data, steps_per_epoch, total_steps, warmup_steps)
 
-    in_process = settings.num_workers == 0
-    scaling = _scaling(settings) if in_process else _start_ray(settings)
+    scaling = _scaling(settings) if settings.in_process else _start_ray(settings)
 
     model_config = loaded.model.config
     if settings.dropout is not None:
@@ -117,7 +116,7 @@ def finetune(settings: FinetuneSettings) -> FinetuneResult:
         batch, total_steps, steps_per_epoch, model_config, model_config.pad_token_id, max_seq_length
     )
     encoder = loaded.model.bert.state_dict()
-    data_ref, encoder_ref = (data, encoder) if in_process else (ray.put(data), ray.put(encoder))
+    data_ref, encoder_ref = (data, encoder) if settings.in_process else (ray.put(data), ray.put(encoder))
     out = FinetuneDir(settings.out)
     mlflow = MlflowConfig(enabled=settings.mlflow_enabled, tracking_uri=settings.tracking_uri)
     run_name = f"finetune {os.path.basename(settings.out)}"
@@ -138,7 +137,7 @@ def finetune(settings: FinetuneSettings) -> FinetuneResult:
                 data=data_ref,
                 encoder=encoder_ref,
             )
-            best = fit_seed(run, tracker, in_process)
+            best = fit_seed(run, tracker, settings.in_process)
             per_seed.append({"seed": seed, "epoch": best["epoch"], **best["scores"]})
             predictions[seed] = best["predictions"]
             say(f"seed {seed}: best epoch {best['epoch']}: {_scores_text(best['scores'])}")
@@ -245,14 +244,14 @@ def _scaling(settings: FinetuneSettings) -> ScalingConfig:
     """The workers' section of train/'s config, with no CPUs kept for Ray Data (the sets go through the
     object store): a worker runs as many torch threads as it holds CPUs. In process: one worker, with the
     threads torch would use (the machine's cores)."""
-    in_process = settings.num_workers == 0
-    if in_process and settings.use_gpu and not torch.cuda.is_available():
+    if settings.in_process and settings.use_gpu and not torch.cuda.is_available():
         raise UserError("--gpu with --num-workers 0: torch sees no CUDA GPU in this process")
+    threads = torch.get_num_threads() if settings.in_process else max(1, int(settings.cpus_per_worker))
     return ScalingConfig(
-        num_workers=max(settings.num_workers, 1),
+        num_workers=settings.ranks,
         use_gpu=settings.use_gpu,
         cpus_per_worker=settings.cpus_per_worker,
-        threads_per_worker=torch.get_num_threads() if in_process else max(1, int(settings.cpus_per_worker)),
+        threads_per_worker=threads,
         data_cpus=0.0,
     )
 
@@ -260,8 +259,8 @@ def _scaling(settings: FinetuneSettings) -> ScalingConfig:
 def _plan_batches(settings: FinetuneSettings) -> BatchPlan:
     """train/'s split of the global batch over the workers, its messages in this command's flags."""
     try:
-        workers = max(settings.num_workers, 1)
-        return plan_batches(settings.batch_size, settings.micro_batch_size or settings.batch_size, workers)
+        micro_batch_size = settings.micro_batch_size or settings.batch_size
+        return plan_batches(settings.batch_size, micro_batch_size, settings.ranks)
     except UserError as error:
         message = str(error).replace("train.global_batch_size", "--batch-size")
         raise UserError(message.replace("train.micro_batch_size", "--micro-batch-size")) from None

@@ -105,6 +105,16 @@ class FinetuneSettings:
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
 
+    @property
+    def in_process(self) -> bool:
+        """`--num-workers 0`: Ray Train's local mode, the fit in this process."""
+        return self.num_workers == 0
+
+    @property
+    def ranks(self) -> int:
+        """The fit's ranks: its workers, or the one in process."""
+        return max(self.num_workers, 1)
+
     def absolute(self) -> FinetuneSettings:
         """Local paths made absolute (the workers run in other folders)."""
         return dataclasses.replace(
